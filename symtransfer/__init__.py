@@ -1,0 +1,17 @@
+"""symtransfer: theory and simulation of transfer learning in infinitely wide feature-learning networks."""
+
+from .activations import Activation, available_activations, get_activation, register_activation
+from .errors import ConvergenceError, DivergenceError, NoSaddlePointError, SymtransferError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Activation",
+    "available_activations",
+    "get_activation",
+    "register_activation",
+    "ConvergenceError",
+    "DivergenceError",
+    "NoSaddlePointError",
+    "SymtransferError",
+]

@@ -1,0 +1,53 @@
+"""Exceptions raised by symtransfer.
+
+Every failure that is not a plain bad argument (``ValueError``) has its own class so that callers
+can catch exactly the condition they can recover from.
+"""
+
+from __future__ import annotations
+
+
+class SymtransferError(Exception):
+    """Base class of all symtransfer-specific errors."""
+
+
+class DivergenceError(SymtransferError, FloatingPointError):
+    """A simulation produced a non-finite loss.
+
+    Attributes
+    ----------
+    step : int
+        The training step at which the non-finite value appeared.
+    lr : float
+        The step size in use.
+    """
+
+    def __init__(self, step: int, lr: float, what: str = "loss"):
+        self.step = int(step)
+        self.lr = float(lr)
+        super().__init__(
+            f"the {what} became non-finite at step {self.step} with lr={self.lr:g}; the Euler-Maruyama "
+            f"step is too large for this data/width/gamma: try a smaller lr (e.g. lr={self.lr / 4:g})"
+        )
+
+
+class ConvergenceError(SymtransferError):
+    """A solver did not reach its tolerance.
+
+    Attributes
+    ----------
+    residuals : list of float
+        The residual after each iteration (the diagnostic history).
+    """
+
+    def __init__(self, message: str, residuals=None):
+        self.residuals = list(residuals) if residuals is not None else []
+        tail = ""
+        if self.residuals:
+            shown = ", ".join(f"{r:.3g}" for r in self.residuals[-5:])
+            tail = f" (last residuals: {shown})"
+        super().__init__(message + tail)
+
+
+class NoSaddlePointError(SymtransferError):
+    """The equilibrium saddle point does not exist for this activation/setting."""

@@ -2,6 +2,9 @@
 
 from .activations import Activation, available_activations, get_activation, register_activation
 from .errors import ConvergenceError, DivergenceError, NoSaddlePointError, SymtransferError
+from .sim import WideNetwork
+from .tasks import HermiteTeacher, Task, TransferPair, make_task, make_transfer_pair
+from .theory.linear import LinearTheory, LinearTransferTheory
 
 __version__ = "0.1.0"
 
@@ -14,4 +17,12 @@ __all__ = [
     "DivergenceError",
     "NoSaddlePointError",
     "SymtransferError",
+    "WideNetwork",
+    "HermiteTeacher",
+    "Task",
+    "TransferPair",
+    "make_task",
+    "make_transfer_pair",
+    "LinearTheory",
+    "LinearTransferTheory",
 ]

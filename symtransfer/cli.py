@@ -1,0 +1,160 @@
+"""Command-line interface: ``symtransfer <command>``.
+
+Commands
+--------
+demo        small end-to-end run: pretraining, then scratch / fine-tuning / coupled, theory next to simulation
+simulate    run simulations described by a TOML or JSON config and write the results as JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+__all__ = ["main", "load_config", "simulate_from_config"]
+
+
+def load_config(path) -> dict:
+    """Read a TOML (``.toml``) or JSON (anything else) configuration file into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python < 3.11
+                import tomli as tomllib
+            return tomllib.loads(text)
+        return json.loads(text)
+    except Exception as exc:  # parse errors of either format
+        raise ValueError(f"config file {str(path)!r} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}") from exc
+
+
+_TASK_KEYS = {"dim", "n_source", "n_target", "n_test", "alpha", "teacher", "target_teacher", "noise_source",
+              "noise_target"}
+_NET_KEYS = {"width", "activation", "gamma", "weight_decay", "temperature", "lr", "steps", "batch_size",
+             "init_scale", "average_from", "max_snapshots", "log_every"}
+_TRANSFER_KEYS = {"name", "gamma", "weight_decay", "temperature", "coupling", "readout_only", "lr", "steps",
+                  "batch_size", "average_from"}
+
+
+def _only(section: dict, allowed: set, where: str) -> dict:
+    if not isinstance(section, dict):
+        raise ValueError(f"config section {where!r} must be a table/object")
+    unknown = set(section) - allowed
+    if unknown:
+        raise ValueError(f"unknown keys in config section {where!r}: {sorted(unknown)}; allowed: {sorted(allowed)}")
+    return dict(section)
+
+
+def simulate_from_config(config: dict, progress: bool = False) -> dict:
+    """Pretrain on the source task and run every listed transfer; return JSON-ready results.
+
+    Config layout (TOML shown)::
+
+        seed = 0
+        [task]        # make_transfer_pair arguments
+        dim = 20
+        n_source = 60
+        n_target = 20
+        n_test = 200
+        alpha = 0.9
+        [network]     # WideNetwork arguments
+        width = 512
+        activation = "relu"
+        temperature = 1.0
+        [[transfer]]  # any number; WideNetwork.transfer arguments plus a name
+        name = "joint"
+        coupling = 1.0
+    """
+    import numpy as np
+
+    from .sim import WideNetwork
+    from .tasks import make_transfer_pair
+
+    unknown = set(config) - {"seed", "task", "network", "transfer"}
+    if unknown:
+        raise ValueError(f"unknown top-level config keys {sorted(unknown)}; allowed: seed, task, network, transfer")
+    seed = config.get("seed", 0)
+    task_kw = _only(config.get("task", {}), _TASK_KEYS, "task")
+    task_kw.setdefault("dim", 20)
+    task_kw.setdefault("n_source", 60)
+    task_kw.setdefault("n_target", 20)
+    task_kw.setdefault("n_test", 200)
+    task_kw.setdefault("alpha", 1.0)
+    net_kw = _only(config.get("network", {}), _NET_KEYS, "network")
+    net_kw.setdefault("width", 512)
+    transfers = config.get("transfer", [])
+    if isinstance(transfers, dict):
+        transfers = [transfers]
+    pair = make_transfer_pair(seed=seed, **task_kw)
+
+    def summary(net, task):
+        out = {"test_error": float(np.mean((net.predict(task.X_test) - task.y_test_clean) ** 2)),
+               "lr": net.lr_,
+               "history": {k: v.tolist() for k, v in net.history_.items()}}
+        return out
+
+    src = WideNetwork(seed=seed, progress=progress, **net_kw).fit(
+        pair.source.X_train, pair.source.y_train, eval_set=(pair.source.X_test, pair.source.y_test_clean))
+    results = {"config": config, "source": summary(src, pair.source), "transfer": []}
+    for i, tr in enumerate(transfers):
+        kw = _only(tr, _TRANSFER_KEYS, f"transfer[{i}]")
+        name = kw.pop("name", f"transfer{i}")
+        tgt = src.transfer(pair.target.X_train, pair.target.y_train,
+                           eval_set=(pair.target.X_test, pair.target.y_test_clean), **kw)
+        row = summary(tgt, pair.target)
+        row.update(name=name, coupling=kw.get("coupling"), readout_only=bool(kw.get("readout_only", False)))
+        results["transfer"].append(row)
+    return results
+
+
+def _json_default(obj):
+    if isinstance(obj, float) and math.isinf(obj):
+        return "inf"
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="symtransfer", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="small end-to-end run (< 60 s): theory next to simulation")
+    p.add_argument("--fast", action="store_true", help="smaller width and fewer steps")
+
+    p = sub.add_parser("simulate", help="simulations from a TOML/JSON config, results as JSON")
+    p.add_argument("--config", required=True, help="TOML or JSON file (see simulate_from_config)")
+    p.add_argument("--out", default="-", help="output JSON file (default: standard output)")
+    p.add_argument("--progress", action="store_true", help="show progress bars")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            from .demo import main_demo
+
+            print(main_demo(fast=args.fast))
+        elif args.command == "simulate":
+            results = simulate_from_config(load_config(args.config), progress=args.progress)
+            text = json.dumps(results, indent=1, default=_json_default)
+            if args.out == "-":
+                print(text)
+            else:
+                Path(args.out).write_text(text)
+                print(f"wrote {args.out}", file=sys.stderr)
+    except (ValueError, RuntimeError) as exc:
+        print(f"symtransfer {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,586 @@
+"""Simulator of finite-width two-layer networks trained by Langevin dynamics (docs/theory.md, section 1).
+
+:class:`WideNetwork` integrates the SDE (1.3)-(1.4) with Euler-Maruyama, full batch or mini-batch,
+with weight decay, temperature and an elastic coupling to reference weights (transfer). The hot
+loops are Numba kernels parallel over neurons; the Python layer validates, draws mini-batches,
+logs, snapshots weights for time averages and shows progress.
+
+This module never imports the theory: the two meet only in tests and experiments.
+
+Reproducibility: the Gaussian increments come from a counter-based generator keyed by
+``(seed, step, neuron, component)``, so a run gives the same numbers whatever the number of threads.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numba as nb
+import numpy as np
+from tqdm.auto import tqdm
+
+from ._validation import check_inputs, check_int, check_real, check_Xy
+from .activations import get_activation
+from .errors import DivergenceError
+
+__all__ = ["WideNetwork"]
+
+# No 'nnan'/'ninf': the kernels must see non-finite values to report divergence.
+_FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
+_TWO_M53 = 1.0 / 9007199254740992.0
+_TWO_PI = 2.0 * math.pi
+
+# Fixed (not thread-dependent) so the order of floating-point sums, hence every result, does not
+# depend on the number of threads.
+_N_CHUNKS = 16
+
+# Below this many multiply-adds per step a second thread costs more in synchronisation (two
+# barriers per step) than it saves, badly so when the machine is busy.
+_PARALLEL_MIN_WORK = 200_000
+
+# Snapshots for time averages are capped at this many bytes of stored weights.
+_SNAPSHOT_BYTES = 256 * 2**20
+
+
+@nb.njit(inline="always")
+def _mix64(z):
+    """splitmix64 finaliser: a bijective hash of a 64-bit word."""
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+@nb.njit(inline="always")
+def _stream_key(seed, step, neuron):
+    return _mix64(_mix64(seed + np.uint64(step) * _GOLDEN) ^ (np.uint64(neuron) * _M2 + _GOLDEN))
+
+
+@nb.njit(inline="always")
+def _normal_pair(key, k):
+    """Two independent standard normals from counter ``k`` of stream ``key`` (Box-Muller)."""
+    z1 = _mix64(key + np.uint64(2 * k + 1) * _GOLDEN)
+    z2 = _mix64(key + np.uint64(2 * k + 2) * _GOLDEN)
+    u1 = (np.float64(z1 >> _S11) + 1.0) * _TWO_M53  # in (0, 1]: log is finite
+    u2 = np.float64(z2 >> _S11) * _TWO_M53
+    rad = math.sqrt(-2.0 * math.log(u1))
+    return rad * math.cos(_TWO_PI * u2), rad * math.sin(_TWO_PI * u2)
+
+
+@nb.njit(parallel=True, fastmath=_FASTMATH)
+def _run_full(X, y, W, a, Wref, batches, step0, lr, gamma, lam, delta, temp, scale, seed, phi, dphi,
+              H, F, partial, r, Xb):
+    """Run ``batches.shape[0]`` Euler-Maruyama steps of (1.4) in place on ``W`` and ``a``.
+
+    Returns ``-1`` on success or the index of the step whose residual was non-finite.
+    """
+    n_steps, B = batches.shape
+    N, D = W.shape
+    n_chunks = partial.shape[0]
+    inv_sqrt_d = 1.0 / math.sqrt(D)
+    noise = math.sqrt(2.0 * temp * lr)
+    keep_w = 1.0 - lr * (lam + delta)
+    pull = lr * delta
+    keep_a = 1.0 - lr * lam
+    inv_gn = 1.0 / (gamma * N)
+    g_scale = gamma * scale
+    for s in range(n_steps):
+        for b in range(B):
+            row = batches[s, b]
+            for d in range(D):
+                Xb[b, d] = X[row, d]
+        # forward, with per-chunk partial sums of the readout so the reduction reads contiguously
+        for c in nb.prange(n_chunks):
+            lo = c * N // n_chunks
+            hi = (c + 1) * N // n_chunks
+            for b in range(B):
+                partial[c, b] = 0.0
+            for i in range(lo, hi):
+                ai = a[i]
+                for b in range(B):
+                    acc = 0.0
+                    for d in range(D):
+                        acc += Xb[b, d] * W[i, d]
+                    h = acc * inv_sqrt_d
+                    fb = phi(h)
+                    H[i, b] = h
+                    F[i, b] = fb
+                    partial[c, b] += ai * fb
+        finite = True
+        for b in range(B):
+            f = 0.0
+            for c in range(n_chunks):
+                f += partial[c, b]
+            r[b] = y[batches[s, b]] - f * inv_gn
+            if not math.isfinite(r[b]):
+                finite = False
+        if not finite:
+            return s
+        step = step0 + s
+        for i in nb.prange(N):
+            ai = a[i]
+            ga = 0.0
+            for b in range(B):
+                ga += r[b] * F[i, b]
+                H[i, b] = r[b] * dphi(H[i, b])  # H now holds the backward signal of neuron i
+            coef = lr * g_scale * ai * inv_sqrt_d
+            for d in range(D):
+                W[i, d] = keep_w * W[i, d] + pull * Wref[i, d]
+            for b in range(B):
+                cb = coef * H[i, b]
+                for d in range(D):
+                    W[i, d] += cb * Xb[b, d]
+            a_new = keep_a * ai + lr * g_scale * ga
+            if noise > 0.0:
+                key = _stream_key(seed, step, i)
+                for k in range(D // 2):
+                    z0, z1 = _normal_pair(key, k)
+                    W[i, 2 * k] += noise * z0
+                    W[i, 2 * k + 1] += noise * z1
+                z0, z1 = _normal_pair(key, D // 2)
+                if D % 2 == 1:
+                    W[i, D - 1] += noise * z1
+                a_new += noise * z0
+            a[i] = a_new
+    return -1
+
+
+@nb.njit(parallel=True, fastmath=_FASTMATH)
+def _run_readout(F_all, y, a, batches, step0, lr, gamma, lam, temp, scale, seed, partial, r):
+    """Steps of (1.4) for the readout only, hidden features ``F_all`` (N x P) frozen."""
+    n_steps, B = batches.shape
+    N = a.shape[0]
+    n_chunks = partial.shape[0]
+    noise = math.sqrt(2.0 * temp * lr)
+    keep_a = 1.0 - lr * lam
+    inv_gn = 1.0 / (gamma * N)
+    g_scale = gamma * scale
+    for s in range(n_steps):
+        for c in nb.prange(n_chunks):
+            lo = c * N // n_chunks
+            hi = (c + 1) * N // n_chunks
+            for b in range(B):
+                acc = 0.0
+                col = batches[s, b]
+                for i in range(lo, hi):
+                    acc += a[i] * F_all[i, col]
+                partial[c, b] = acc
+        finite = True
+        for b in range(B):
+            f = 0.0
+            for c in range(n_chunks):
+                f += partial[c, b]
+            r[b] = y[batches[s, b]] - f * inv_gn
+            if not math.isfinite(r[b]):
+                finite = False
+        if not finite:
+            return s
+        step = step0 + s
+        for i in nb.prange(N):
+            ga = 0.0
+            for b in range(B):
+                ga += r[b] * F_all[i, batches[s, b]]
+            a_new = keep_a * a[i] + lr * g_scale * ga
+            if noise > 0.0:
+                z0, _ = _normal_pair(_stream_key(seed, step, i), 0)
+                a_new += noise * z0
+            a[i] = a_new
+    return -1
+
+
+@nb.njit(parallel=True, fastmath=_FASTMATH)
+def _features(X, W, phi):
+    """``phi(W x / sqrt(D))`` for every neuron and input: (N, P)."""
+    N, D = W.shape
+    P = X.shape[0]
+    out = np.empty((N, P))
+    inv_sqrt_d = 1.0 / math.sqrt(D)
+    for i in nb.prange(N):
+        for p in range(P):
+            acc = 0.0
+            for d in range(D):
+                acc += X[p, d] * W[i, d]
+            out[i, p] = phi(acc * inv_sqrt_d)
+    return out
+
+
+@nb.njit(parallel=True, fastmath=_FASTMATH)
+def _forward(X, W, a, gamma, phi, n_chunks):
+    """Network output (1.2) on every row of ``X`` without an N x P temporary."""
+    N, D = W.shape
+    P = X.shape[0]
+    partial = np.zeros((n_chunks, P))
+    inv_sqrt_d = 1.0 / math.sqrt(D)
+    for c in nb.prange(n_chunks):
+        lo = c * N // n_chunks
+        hi = (c + 1) * N // n_chunks
+        for i in range(lo, hi):
+            ai = a[i]
+            for p in range(P):
+                acc = 0.0
+                for d in range(D):
+                    acc += X[p, d] * W[i, d]
+                partial[c, p] += ai * phi(acc * inv_sqrt_d)
+    out = np.zeros(P)
+    for c in range(n_chunks):
+        for p in range(P):
+            out[p] += partial[c, p]
+    return out / (gamma * N)
+
+
+def _seed_word(seed: int, salt: int) -> np.uint64:
+    return np.random.SeedSequence([seed, salt]).generate_state(1, dtype=np.uint64)[0]
+
+
+class _BatchStream:
+    """Mini-batch row indices: consecutive slices of fresh random permutations (epochs)."""
+
+    def __init__(self, n: int, batch_size: int, rng: np.random.Generator):
+        self.n, self.B, self.rng = n, batch_size, rng
+        self.full = batch_size == n
+        self.buffer = np.empty(0, dtype=np.int64)
+
+    def take(self, n_steps: int) -> np.ndarray:
+        if self.full:
+            return np.broadcast_to(np.arange(self.n, dtype=np.int64), (n_steps, self.n)).copy()
+        need = n_steps * self.B
+        parts = [self.buffer]
+        have = self.buffer.size
+        while have < need:
+            perm = self.rng.permutation(self.n).astype(np.int64)
+            usable = (self.n // self.B) * self.B  # drop the ragged tail so every batch has B rows
+            parts.append(perm[:usable])
+            have += usable
+        flat = np.concatenate(parts)
+        self.buffer = flat[need:]
+        return np.ascontiguousarray(flat[:need].reshape(n_steps, self.B))
+
+
+class WideNetwork:
+    """Two-layer mean-field network of finite width trained by Langevin dynamics (eqs. 1.2-1.4).
+
+    Parameters
+    ----------
+    width : int, >= 1
+        Number of hidden neurons ``N``.
+    activation : str, sympy.Expr or Activation
+        ``phi``; anything :class:`~symtransfer.activations.Activation` accepts.
+    gamma : float, > 0
+        Feature-learning strength ``gamma``.
+    weight_decay : float, >= 0
+        ``lambda`` on every weight.
+    temperature : float, >= 0
+        ``T``; ``0`` is (stochastic) gradient descent.
+    lr : float, > 0, optional
+        Euler-Maruyama step ``dt``. ``None`` picks ``0.5/(lambda + delta + tr NTK_init)``, stable
+        for the initial network (``tr NTK`` bounds its largest eigenvalue).
+    steps : int, >= 1
+        Number of steps; training time is ``lr * steps``.
+    batch_size : int, optional
+        Mini-batch size ``B`` (the loss sum is rescaled by ``P/B``); ``None`` is full batch.
+    init_scale : float, > 0
+        ``sigma0``: ``w ~ N(0, sigma0^2 I)``, ``a ~ N(0, sigma0^2)``.
+    average_from : float in [0, 1), optional
+        If set, :meth:`predict` returns the output averaged over training steps
+        ``>= average_from * steps`` -- the equilibrium mean predictor when ``temperature > 0``.
+    max_snapshots : int
+        Number of weight snapshots kept for that time average (also capped at 256 MB).
+    log_every : int, optional
+        Steps between entries of ``history_`` (default: about 100 entries).
+    seed : int
+        Seeds initialisation, mini-batches and noise.
+    progress : bool, optional
+        Show a progress bar; ``None`` shows one for runs expected to last over 5 seconds.
+
+    Attributes
+    ----------
+    W_ : ndarray (N, D)
+        Hidden weights after training.
+    a_ : ndarray (N,)
+        Readout weights after training.
+    history_ : dict of ndarray
+        ``"step"``, ``"time"`` (``step * lr``), ``"train_loss"`` and, with ``eval_set``,
+        ``"test_loss"``; losses are mean squared errors over the full sets.
+    lr_ : float
+        Step size used.
+    """
+
+    def __init__(self, width, activation="relu", gamma=1.0, weight_decay=1.0, temperature=0.0, lr=None,
+                 steps=2000, batch_size=None, init_scale=1.0, average_from=None, max_snapshots=200,
+                 log_every=None, seed=0, progress=None):
+        self.width = width
+        self.activation = activation
+        self.gamma = gamma
+        self.weight_decay = weight_decay
+        self.temperature = temperature
+        self.lr = lr
+        self.steps = steps
+        self.batch_size = batch_size
+        self.init_scale = init_scale
+        self.average_from = average_from
+        self.max_snapshots = max_snapshots
+        self.log_every = log_every
+        self.seed = seed
+        self.progress = progress
+
+    # ------------------------------------------------------------------ validation
+    def _validated(self):
+        p = {
+            "width": check_int("width", self.width, low=1),
+            "gamma": check_real("gamma", self.gamma, low=0.0, low_open=True),
+            "weight_decay": check_real("weight_decay", self.weight_decay, low=0.0),
+            "temperature": check_real("temperature", self.temperature, low=0.0),
+            "steps": check_int("steps", self.steps, low=1),
+            "init_scale": check_real("init_scale", self.init_scale, low=0.0, low_open=True),
+            "max_snapshots": check_int("max_snapshots", self.max_snapshots, low=1),
+            "seed": check_int("seed", self.seed, low=0),
+        }
+        p["lr"] = None if self.lr is None else check_real("lr", self.lr, low=0.0, low_open=True)
+        p["batch_size"] = None if self.batch_size is None else check_int("batch_size", self.batch_size, low=1)
+        p["log_every"] = None if self.log_every is None else check_int("log_every", self.log_every, low=1)
+        if self.average_from is None:
+            p["average_from"] = None
+        else:
+            p["average_from"] = check_real("average_from", self.average_from, low=0.0)
+            if not p["average_from"] < 1.0:
+                raise ValueError(f"average_from must be in [0, 1), got {self.average_from!r}")
+        if self.progress not in (None, True, False):
+            raise ValueError(f"progress must be None, True or False, got {self.progress!r}")
+        p["progress"] = self.progress
+        p["activation"] = get_activation(self.activation)
+        return p
+
+    def get_params(self) -> dict:
+        """Constructor parameters (scikit-learn convention)."""
+        names = ("width", "activation", "gamma", "weight_decay", "temperature", "lr", "steps", "batch_size",
+                 "init_scale", "average_from", "max_snapshots", "log_every", "seed", "progress")
+        return {k: getattr(self, k) for k in names}
+
+    # ------------------------------------------------------------------ training
+    def fit(self, X, y, eval_set=None):
+        """Train from a random initialisation on ``(X, y)``; returns ``self``.
+
+        Parameters
+        ----------
+        X : array (P, D)
+        y : array (P,)
+        eval_set : tuple (X_test, y_test), optional
+            Held-out data whose loss is logged in ``history_["test_loss"]``.
+        """
+        p = self._validated()
+        X, y = check_Xy(X, y)
+        N, D = p["width"], X.shape[1]
+        rng = np.random.default_rng(np.random.SeedSequence([p["seed"], 0]))
+        W = p["init_scale"] * rng.standard_normal((N, D))
+        a = p["init_scale"] * rng.standard_normal(N)
+        self.coupling_ = 0.0
+        self.readout_only_ = False
+        return self._train(p, X, y, W, a, None, eval_set, readout_only=False, delta=0.0)
+
+    def transfer(self, X2, y2, *, gamma=None, weight_decay=None, temperature=None, coupling=None,
+                 readout_only=False, lr=None, steps=None, batch_size=None, average_from=None, seed=None,
+                 eval_set=None) -> "WideNetwork":
+        """A new network trained on the target, starting from (and pulled towards) these hidden weights.
+
+        The hidden weights start at this network's ``W_``, which is also the reference ``W_ref`` of
+        the elastic coupling (eq. 1.3); the readout is freshly initialised. Settings left ``None``
+        are taken from this (source) network; the new seed defaults to ``seed + 1``.
+
+        Parameters
+        ----------
+        coupling : float, >= 0
+            ``delta``. Required unless ``readout_only=True``.
+        readout_only : bool
+            Freeze the hidden weights: fine-tuning the readout on source features (``delta -> inf``).
+        """
+        self._check_fitted()
+        if not readout_only and coupling is None:
+            raise ValueError("coupling is required (>= 0) unless readout_only=True")
+        delta = 0.0 if readout_only else check_real("coupling", coupling, low=0.0)
+        X2, y2 = check_Xy(X2, y2, "X2", "y2", n_features=self.W_.shape[1])
+        params = self.get_params()
+        overrides = {"gamma": gamma, "weight_decay": weight_decay, "temperature": temperature, "lr": lr,
+                     "steps": steps, "batch_size": batch_size, "average_from": average_from}
+        for k, v in overrides.items():
+            if v is not None:
+                params[k] = v
+        if lr is None and self.lr is None:
+            params["lr"] = None
+        params["seed"] = self.seed + 1 if seed is None else seed
+        target = WideNetwork(**params)
+        tp = target._validated()
+        rng = np.random.default_rng(np.random.SeedSequence([tp["seed"], 1]))
+        a = tp["init_scale"] * rng.standard_normal(tp["width"])
+        target.coupling_ = delta
+        target.readout_only_ = bool(readout_only)
+        return target._train(tp, X2, y2, self.W_.copy(), a, self.W_.copy(), eval_set,
+                             readout_only=bool(readout_only), delta=delta)
+
+    def _auto_lr(self, p, X, W, a, delta, readout_only):
+        act = p["activation"].compile()
+        Fx = _features(X, W, act.phi)
+        ntk = np.sum(Fx**2) / W.shape[0]
+        if not readout_only:
+            # a^2 phi'(h)^2 K(x, x) summed over training points, averaged over neurons
+            H = W @ X.T / math.sqrt(X.shape[1])
+            dF = p["activation"].prime(H)
+            ntk += np.sum((a[:, None] * dF) ** 2 * (np.sum(X**2, axis=1) / X.shape[1])[None, :]) / W.shape[0]
+        return 0.5 / (p["weight_decay"] + delta + ntk)
+
+    def _train(self, p, X, y, W, a, Wref, eval_set, *, readout_only, delta):
+        if eval_set is not None:
+            if not (isinstance(eval_set, (tuple, list)) and len(eval_set) == 2):
+                raise ValueError("eval_set must be a tuple (X_test, y_test)")
+            Xe, ye = check_Xy(eval_set[0], eval_set[1], "eval_set X", "eval_set y", n_features=X.shape[1])
+        P, D = X.shape
+        N = p["width"]
+        B = P if p["batch_size"] is None else p["batch_size"]
+        if B > P:
+            raise ValueError(f"batch_size must be <= the number of training points ({P}), got {B}")
+        lr = p["lr"] if p["lr"] is not None else self._auto_lr(p, X, W, a, delta, readout_only)
+        steps = p["steps"]
+        act = p["activation"].compile()
+        self.activation_ = p["activation"]
+        self.lr_ = lr
+        self.n_features_in_ = D
+        W = np.ascontiguousarray(W, dtype=np.float64)
+        a = np.ascontiguousarray(a, dtype=np.float64)
+        Wref = np.zeros((1, 1)) if Wref is None else np.ascontiguousarray(Wref, dtype=np.float64)
+        if Wref.shape != (1, 1) and delta == 0.0 and not readout_only:
+            Wref = np.zeros((1, 1))
+        if Wref.shape == (1, 1) and delta > 0.0:
+            raise ValueError("coupling > 0 needs reference weights")
+        gamma, lam, T = p["gamma"], p["weight_decay"], p["temperature"]
+        noise_seed = _seed_word(p["seed"], 2)
+        batches = _BatchStream(P, B, np.random.default_rng(np.random.SeedSequence([p["seed"], 3])))
+        scale = P / B
+        n_chunks = min(N, _N_CHUNKS)
+        partial = np.zeros((n_chunks, B))
+        r = np.zeros(B)
+        if readout_only:
+            F_all = _features(X, W, act.phi)
+        else:
+            H = np.empty((N, B))
+            F = np.empty((N, B))
+            Xb = np.empty((B, D))
+            Wref_arr = Wref if Wref.shape == W.shape else np.zeros_like(W)
+
+        log_every = p["log_every"] or max(1, steps // 100)
+        events = set(range(log_every, steps + 1, log_every)) | {steps}
+        avg_start = None
+        if p["average_from"] is not None:
+            avg_start = int(math.floor(p["average_from"] * steps))
+            cap = max(1, _SNAPSHOT_BYTES // (8 * N * (D + 1)))
+            n_snap = min(p["max_snapshots"], cap, steps - avg_start)
+            snap_steps = np.unique(np.linspace(avg_start, steps, n_snap + 1)[1:].round().astype(int))
+            snap_steps = snap_steps[snap_steps >= 1]
+            events |= set(snap_steps.tolist())
+            snap_set = set(snap_steps.tolist())
+        else:
+            snap_set = set()
+        events = sorted(events)
+
+        hist = {"step": [0], "time": [0.0], "train_loss": [self._mse(X, y, W, a, gamma, act)]}
+        if eval_set is not None:
+            hist["test_loss"] = [self._mse(Xe, ye, W, a, gamma, act)]
+        snapshots = []
+        show = p["progress"]
+        bar = None
+        t_start = time.perf_counter()
+        done = 0
+        threads_before = nb.get_num_threads()
+        work = N * B if readout_only else N * B * D
+        if work < _PARALLEL_MIN_WORK:
+            nb.set_num_threads(1)
+        try:
+            for ev in events:
+                n = ev - done
+                idx = batches.take(n)
+                if readout_only:
+                    bad = _run_readout(F_all, y, a, idx, done, lr, gamma, lam, T, scale, noise_seed, partial, r)
+                else:
+                    bad = _run_full(X, y, W, a, Wref_arr, idx, done, lr, gamma, lam, delta, T, scale,
+                                    noise_seed, act.phi, act.dphi, H, F, partial, r, Xb)
+                if bad >= 0:
+                    raise DivergenceError(done + bad, lr)
+                done = ev
+                if ev in snap_set:
+                    snapshots.append((W.copy(), a.copy()))
+                if ev % log_every == 0 or ev == steps:
+                    loss = self._mse(X, y, W, a, gamma, act)
+                    if not math.isfinite(loss):
+                        raise DivergenceError(ev, lr)
+                    hist["step"].append(ev)
+                    hist["time"].append(ev * lr)
+                    hist["train_loss"].append(loss)
+                    if eval_set is not None:
+                        hist["test_loss"].append(self._mse(Xe, ye, W, a, gamma, act))
+                if bar is None and show is not False:
+                    elapsed = time.perf_counter() - t_start
+                    if show or elapsed * steps / max(done, 1) > 5.0:
+                        bar = tqdm(total=steps, initial=done, desc="WideNetwork", unit="step", leave=False)
+                elif bar is not None:
+                    bar.update(ev - bar.n)
+        finally:
+            nb.set_num_threads(threads_before)
+            if bar is not None:
+                bar.close()
+        self.W_, self.a_ = W, a
+        self.history_ = {k: np.asarray(v) for k, v in hist.items()}
+        self.snapshots_ = snapshots
+        self.n_iter_ = done
+        return self
+
+    def _mse(self, X, y, W, a, gamma, act):
+        f = _forward(X, W, a, gamma, act.phi, min(W.shape[0], _N_CHUNKS))
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is reported by the caller
+            return float(np.mean((f - y) ** 2))
+
+    # ------------------------------------------------------------------ inference
+    def _check_fitted(self):
+        if not hasattr(self, "W_"):
+            raise RuntimeError("WideNetwork is not fitted yet: call fit(X, y) first")
+
+    def predict(self, X, average=None) -> np.ndarray:
+        """Network output on ``X``.
+
+        Parameters
+        ----------
+        average : bool, optional
+            Average over the stored snapshots (default: ``True`` when ``average_from`` was set).
+        """
+        self._check_fitted()
+        X = check_inputs(X, "X", self.n_features_in_)
+        gamma = float(self.gamma)
+        phi = self.activation_.compile().phi
+        n_chunks = min(self.W_.shape[0], _N_CHUNKS)
+        use_avg = bool(self.snapshots_) if average is None else average
+        if use_avg:
+            if not self.snapshots_:
+                raise ValueError("average=True needs average_from to be set before fit")
+            out = np.zeros(X.shape[0])
+            for W, a in self.snapshots_:
+                out += _forward(X, W, a, gamma, phi, n_chunks)
+            return out / len(self.snapshots_)
+        return _forward(X, self.W_, self.a_, gamma, phi, n_chunks)
+
+    def kernel(self, XA, XB=None) -> np.ndarray:
+        """Feature kernel ``phi(h(XA))^T phi(h(XB)) / N`` of the current hidden weights."""
+        self._check_fitted()
+        XA = check_inputs(XA, "XA", self.n_features_in_)
+        phi = self.activation_.compile().phi
+        FA = _features(XA, self.W_, phi)
+        if XB is None:
+            return FA.T @ FA / self.W_.shape[0]
+        XB = check_inputs(XB, "XB", self.n_features_in_)
+        return FA.T @ _features(XB, self.W_, phi) / self.W_.shape[0]
+
+    def test_error(self, X, y) -> float:
+        """Mean squared error of :meth:`predict` on ``(X, y)``."""
+        X, y = check_Xy(X, y)
+        return float(np.mean((self.predict(X) - y) ** 2))

@@ -3,6 +3,7 @@
 from .activations import Activation, available_activations, get_activation, register_activation
 from .errors import ConvergenceError, DivergenceError, NoSaddlePointError, SymtransferError
 from .sim import WideNetwork
+from .symbolic import SaddlePointSystem, derive
 from .tasks import HermiteTeacher, Task, TransferPair, make_task, make_transfer_pair
 from .theory.linear import LinearTheory, LinearTransferTheory
 
@@ -18,6 +19,8 @@ __all__ = [
     "NoSaddlePointError",
     "SymtransferError",
     "WideNetwork",
+    "SaddlePointSystem",
+    "derive",
     "HermiteTeacher",
     "Task",
     "TransferPair",

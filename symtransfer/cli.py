@@ -4,6 +4,7 @@ Commands
 --------
 demo        small end-to-end run: pretraining, then scratch / fine-tuning / coupled, theory next to simulation
 simulate    run simulations described by a TOML or JSON config and write the results as JSON
+derive      mean-field action and saddle-point equations of an activation/setting (text, Markdown, LaTeX)
 """
 
 from __future__ import annotations
@@ -131,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="TOML or JSON file (see simulate_from_config)")
     p.add_argument("--out", default="-", help="output JSON file (default: standard output)")
     p.add_argument("--progress", action="store_true", help="show progress bars")
+
+    p = sub.add_parser("derive", help="action and saddle-point equations; --latex FILE or --markdown")
+    p.add_argument("--activation", required=True, help="registered name or formula in x, e.g. 'x*exp(-x**2/4)'")
+    p.add_argument("--setting", required=True, choices=["single", "finetune", "joint"])
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--latex", metavar="FILE", help="write a complete LaTeX document to FILE")
+    out.add_argument("--markdown", action="store_true", help="print Markdown instead of plain text")
     return parser
 
 
@@ -150,6 +158,10 @@ def main(argv=None) -> int:
             else:
                 Path(args.out).write_text(text)
                 print(f"wrote {args.out}", file=sys.stderr)
+        elif args.command == "derive":
+            from .symbolic import derive_cli
+
+            print(derive_cli(args.activation, args.setting, latex=args.latex, markdown=args.markdown))
     except (ValueError, RuntimeError) as exc:
         print(f"symtransfer {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ access, dunder name, lambda, import, subscript or comprehension ever reaches an 
 from __future__ import annotations
 
 import ast
+import math
 
 import sympy as sp
 
@@ -99,8 +100,17 @@ def _build(node, text):
         if isinstance(op, ast.Div):
             return a / b
         if isinstance(op, ast.Pow):
-            if b.is_number and abs(float(b)) > 64:
+            if b.is_number and abs(complex(b)) > 64:
                 _reject(text, "exponents above 64 in absolute value are not allowed")
+            if a.is_number and b.is_number:
+                # nested powers of numbers, e.g. ((9**64)**64)**64, would make SymPy build integers with
+                # billions of digits: bound the size of the result before evaluating it
+                try:
+                    size = abs(complex(b)) * math.log(abs(complex(a)) + 1.0)
+                except (OverflowError, ValueError, TypeError):
+                    size = math.inf
+                if size > 710.0:
+                    _reject(text, "a number in it exceeds the float64 range")
             return a**b
     if isinstance(node, ast.Call):
         args = [_build(arg, text) for arg in node.args]

@@ -14,6 +14,8 @@ Reproducibility: the Gaussian increments come from a counter-based generator key
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 
 import numba as nb
@@ -450,10 +452,7 @@ class WideNetwork:
         self.n_features_in_ = D
         W = np.ascontiguousarray(W, dtype=np.float64)
         a = np.ascontiguousarray(a, dtype=np.float64)
-        Wref = np.zeros((1, 1)) if Wref is None else np.ascontiguousarray(Wref, dtype=np.float64)
-        if Wref.shape != (1, 1) and delta == 0.0 and not readout_only:
-            Wref = np.zeros((1, 1))
-        if Wref.shape == (1, 1) and delta > 0.0:
+        if delta > 0.0 and Wref is None:
             raise ValueError("coupling > 0 needs reference weights")
         gamma, lam, T = p["gamma"], p["weight_decay"], p["temperature"]
         noise_seed = _seed_word(p["seed"], 2)
@@ -468,11 +467,11 @@ class WideNetwork:
             H = np.empty((N, B))
             F = np.empty((N, B))
             Xb = np.empty((B, D))
-            Wref_arr = Wref if Wref.shape == W.shape else np.zeros_like(W)
+            # with delta = 0 the pull term vanishes; any array of W's shape will do
+            Wref_arr = W if delta == 0.0 else np.ascontiguousarray(Wref, dtype=np.float64)
 
         log_every = p["log_every"] or max(1, steps // 100)
         events = set(range(log_every, steps + 1, log_every)) | {steps}
-        avg_start = None
         if p["average_from"] is not None:
             avg_start = int(math.floor(p["average_from"] * steps))
             cap = max(1, _SNAPSHOT_BYTES // (8 * N * (D + 1)))
@@ -488,53 +487,92 @@ class WideNetwork:
         hist = {"step": [0], "time": [0.0], "train_loss": [self._mse(X, y, W, a, gamma, act)]}
         if eval_set is not None:
             hist["test_loss"] = [self._mse(Xe, ye, W, a, gamma, act)]
-        snapshots = []
-        show = p["progress"]
+        if readout_only:
+            def advance(idx, done):
+                return _run_readout(F_all, y, a, idx, done, lr, gamma, lam, T, scale, noise_seed, partial, r)
+        else:
+            def advance(idx, done):
+                return _run_full(X, y, W, a, Wref_arr, idx, done, lr, gamma, lam, delta, T, scale,
+                                 noise_seed, act.phi, act.dphi, H, F, partial, r, Xb)
+
+        def log_now(step):
+            loss = self._mse(X, y, W, a, gamma, act)
+            if not math.isfinite(loss):
+                raise DivergenceError(step, lr)
+            hist["step"].append(step)
+            hist["time"].append(step * lr)
+            hist["train_loss"].append(loss)
+            if eval_set is not None:
+                hist["test_loss"].append(self._mse(Xe, ye, W, a, gamma, act))
+
+        self.W_, self.a_ = W, a
+        self.snapshots_ = []
+        self.n_iter_ = 0
+        self._pending = dict(events=events, snap_set=snap_set, log_every=log_every, steps=steps, hist=hist,
+                             advance=advance, log_now=log_now, batches=batches, work=N * B * (1 if readout_only else D),
+                             progress=p["progress"])
+        return self._continue()
+
+    def _continue(self):
+        """Run the remaining chunks of the current training; safe to interrupt between chunks."""
+        run = self._pending
+        W, a, lr, steps = self.W_, self.a_, self.lr_, run["steps"]
+        interrupted = []
+        previous_handler = None
+        if threading.current_thread() is threading.main_thread():
+            # Ctrl-C only sets a flag: the chunk in flight finishes, bookkeeping stays consistent.
+            previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+        threads_before = nb.get_num_threads()
+        if run["work"] < _PARALLEL_MIN_WORK:
+            nb.set_num_threads(1)
         bar = None
         t_start = time.perf_counter()
-        done = 0
-        threads_before = nb.get_num_threads()
-        work = N * B if readout_only else N * B * D
-        if work < _PARALLEL_MIN_WORK:
-            nb.set_num_threads(1)
+        done0 = self.n_iter_
         try:
-            for ev in events:
-                n = ev - done
-                idx = batches.take(n)
-                if readout_only:
-                    bad = _run_readout(F_all, y, a, idx, done, lr, gamma, lam, T, scale, noise_seed, partial, r)
-                else:
-                    bad = _run_full(X, y, W, a, Wref_arr, idx, done, lr, gamma, lam, delta, T, scale,
-                                    noise_seed, act.phi, act.dphi, H, F, partial, r, Xb)
+            for ev in run["events"]:
+                done = self.n_iter_
+                if ev <= done:
+                    continue
+                bad = run["advance"](run["batches"].take(ev - done), done)
                 if bad >= 0:
                     raise DivergenceError(done + bad, lr)
-                done = ev
-                if ev in snap_set:
-                    snapshots.append((W.copy(), a.copy()))
-                if ev % log_every == 0 or ev == steps:
-                    loss = self._mse(X, y, W, a, gamma, act)
-                    if not math.isfinite(loss):
-                        raise DivergenceError(ev, lr)
-                    hist["step"].append(ev)
-                    hist["time"].append(ev * lr)
-                    hist["train_loss"].append(loss)
-                    if eval_set is not None:
-                        hist["test_loss"].append(self._mse(Xe, ye, W, a, gamma, act))
-                if bar is None and show is not False:
+                self.n_iter_ = ev
+                if ev in run["snap_set"]:
+                    self.snapshots_.append((W.copy(), a.copy()))
+                if ev % run["log_every"] == 0 or ev == steps:
+                    run["log_now"](ev)
+                if bar is None and run["progress"] is not False:
                     elapsed = time.perf_counter() - t_start
-                    if show or elapsed * steps / max(done, 1) > 5.0:
-                        bar = tqdm(total=steps, initial=done, desc="WideNetwork", unit="step", leave=False)
+                    if run["progress"] or elapsed * (steps - done0) / max(ev - done0, 1) > 5.0:
+                        bar = tqdm(total=steps, initial=ev, desc="WideNetwork", unit="step", leave=False)
                 elif bar is not None:
                     bar.update(ev - bar.n)
+                if interrupted:
+                    break
         finally:
             nb.set_num_threads(threads_before)
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
             if bar is not None:
                 bar.close()
-        self.W_, self.a_ = W, a
-        self.history_ = {k: np.asarray(v) for k, v in hist.items()}
-        self.snapshots_ = snapshots
-        self.n_iter_ = done
+            self.history_ = {k: np.asarray(v) for k, v in run["hist"].items()}
+        if interrupted and self.n_iter_ < steps:
+            raise KeyboardInterrupt(
+                f"WideNetwork interrupted at step {self.n_iter_} of {steps}; the state so far is kept: "
+                f"call resume() to finish the run"
+            )
+        self._pending = None
         return self
+
+    def resume(self):
+        """Finish a run interrupted by Ctrl-C (``KeyboardInterrupt``); returns ``self``.
+
+        The noise is keyed by step and the mini-batch stream is kept, so the resumed run is
+        identical to an uninterrupted one.
+        """
+        if getattr(self, "_pending", None) is None:
+            raise RuntimeError("nothing to resume: the last fit/transfer finished (or none was started)")
+        return self._continue()
 
     def _mse(self, X, y, W, a, gamma, act):
         f = _forward(X, W, a, gamma, act.phi, min(W.shape[0], _N_CHUNKS))

@@ -231,3 +231,38 @@ def test_auto_lr_is_stable():
     net = WideNetwork(256, activation="relu", gamma=2.0, steps=300, progress=False).fit(task.X_train, task.y_train)
     assert net.lr_ > 0 and np.isfinite(net.history_["train_loss"]).all()
     assert net.history_["train_loss"][-1] < net.history_["train_loss"][0]
+
+
+def test_interrupt_and_resume_reproduce_uninterrupted_run(monkeypatch):
+    """Ctrl-C between chunks keeps finished work; resume() ends exactly where a plain run ends."""
+    import signal
+
+    task = make_task(20, 5, 6, seed=8)
+    kw = dict(activation="tanh", temperature=0.3, lr=0.01, steps=300, batch_size=5, log_every=30,
+              average_from=0.5, seed=2, progress=False)
+    full = WideNetwork(64, **kw).fit(task.X_train, task.y_train)
+
+    net = WideNetwork(64, **kw)
+    import symtransfer.sim as sim_mod
+
+    calls = {"n": 0}
+    original = sim_mod._run_full
+
+    def interrupting(*args):
+        calls["n"] += 1
+        if calls["n"] == 4:  # a Ctrl-C arriving while the 4th chunk runs
+            signal.raise_signal(signal.SIGINT)
+        return original(*args)
+
+    monkeypatch.setattr(sim_mod, "_run_full", interrupting)
+    with pytest.raises(KeyboardInterrupt, match="resume"):
+        net.fit(task.X_train, task.y_train)
+    assert 0 < net.n_iter_ < 300 and net.history_["step"][-1] <= net.n_iter_
+    monkeypatch.setattr(sim_mod, "_run_full", original)
+    net.resume()
+    assert net.n_iter_ == 300
+    assert np.array_equal(net.W_, full.W_) and np.array_equal(net.a_, full.a_)
+    assert np.array_equal(net.history_["train_loss"], full.history_["train_loss"])
+    assert np.allclose(net.predict(task.X_test), full.predict(task.X_test), rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="nothing to resume"):
+        net.resume()

@@ -1,0 +1,1023 @@
+"""Symbolic engine: mean-field actions, saddle-point equations, limits, LaTeX and compiled solvers.
+
+``derive(setting, activation)`` writes the action of docs/theory.md (eqs. (2.2) and (3.2)) as a
+SymPy expression with matrix symbols, obtains the saddle-point equations by differentiating it
+(matrix calculus; the log-partition term is differentiated under the expectation), takes the
+limits ``gamma -> 0``, ``delta -> inf`` and ``delta = 0`` with :func:`sympy.limit`, and, for the
+linear activation, integrates the Gaussian single-site measure symbolically to reduce the system to
+the scalar equations (2.9) and (3.5). The result renders to LaTeX/Markdown and compiles to Numba
+kernels wrapped in a damped, safeguarded fixed-point solver. The derivation is written out in
+docs/symbolic.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numba as nb
+import numpy as np
+import sympy as sp
+from sympy.matrices.expressions import MatrixExpr
+
+from ._validation import check_inputs, check_int, check_real, check_Xy
+from .activations import Activation, get_activation, q11, q12, q22
+from .errors import ConvergenceError, NoSaddlePointError
+
+__all__ = [
+    "SETTINGS",
+    "SaddlePointSystem",
+    "CompiledSaddlePoint",
+    "SaddlePointSolution",
+    "derive",
+    "derive_cli",
+    "Expectation",
+    "Average",
+]
+
+SETTINGS = ("single", "finetune", "joint")
+
+
+# =================================================================================================
+# Expectations that SymPy can carry and that the engine knows how to differentiate
+# =================================================================================================
+class Expectation(sp.Expr):
+    """Unevaluated scalar expectation ``E_label[arg]`` (``label`` names the measure, for printing)."""
+
+    is_commutative = True
+
+    def __new__(cls, arg, label):
+        return sp.Expr.__new__(cls, sp.sympify(arg), sp.Symbol(str(label)))
+
+    @property
+    def integrand(self):
+        return self.args[0]
+
+    @property
+    def label(self) -> str:
+        return self.args[1].name
+
+    def _latex(self, printer):
+        return r"\mathbb{E}_{%s}\left[%s\right]" % (self.label, printer._print(self.integrand))
+
+    def _sympystr(self, printer):
+        return "E_{%s}[%s]" % (self.label, printer._print(self.integrand))
+
+
+class Average(MatrixExpr):
+    """Unevaluated matrix-valued average ``<arg>_label`` (tilted single-site average or expectation)."""
+
+    def __new__(cls, arg, label):
+        return MatrixExpr.__new__(cls, arg, sp.Symbol(str(label)))
+
+    @property
+    def arg(self):
+        return self.args[0]
+
+    @property
+    def label(self) -> str:
+        return self.args[1].name
+
+    @property
+    def shape(self):
+        return self.arg.shape
+
+    def _latex(self, printer):
+        if self.label.startswith("E:"):
+            return r"\mathbb{E}_{%s}\left[%s\right]" % (self.label[2:], printer._print(self.arg))
+        return r"\left\langle %s \right\rangle_{\mathrm{%s}}" % (printer._print(self.arg), self.label)
+
+    def _sympystr(self, printer):
+        return "<%s>_{%s}" % (printer._print(self.arg), self.label)
+
+
+def _split_scalar(d):
+    """``(c, R)`` with ``d = c R``: averages are linear, so scalar factors are pulled out."""
+    if isinstance(d, sp.MatMul):
+        scal = [f for f in d.args if not getattr(f, "is_Matrix", False)]
+        mats = [f for f in d.args if getattr(f, "is_Matrix", False)]
+        return sp.Mul(*scal), (sp.MatMul(*mats) if len(mats) > 1 else mats[0])
+    return sp.S.One, d
+
+
+def _check(cond: bool, what: str):
+    if not cond:
+        raise RuntimeError(f"symbolic derivation check failed: {what}")
+
+
+def _mdiff(expr, X):
+    """Derivative of the scalar ``expr`` with respect to the matrix symbol ``X``.
+
+    SymPy's matrix calculus handles traces of matrix products; this adds the rules it lacks for sums,
+    scalar coefficients, expectations (differentiation under the integral) and the log-partition
+    function ``d/dX log E[exp(f)] = <df/dX>`` (the tilted average).
+    """
+    zero = sp.ZeroMatrix(*X.shape)
+    if X not in expr.free_symbols:
+        return zero
+    if isinstance(expr, sp.Add):
+        out = zero
+        for term in expr.args:
+            out = out + _mdiff(term, X)
+        return out
+    if isinstance(expr, sp.Mul):
+        const = [f for f in expr.args if X not in f.free_symbols]
+        var = [f for f in expr.args if X in f.free_symbols]
+        if len(var) != 1:
+            raise NotImplementedError(f"product of several X-dependent factors: {expr}")
+        return sp.Mul(*const) * _mdiff(var[0], X)
+    if isinstance(expr, sp.log) and isinstance(expr.args[0], Expectation):
+        inner = expr.args[0].integrand
+        if isinstance(inner, sp.exp):
+            coeff, mat = _split_scalar(_mdiff(inner.args[0], X))
+            return coeff * Average(mat, "tilt")
+    if isinstance(expr, Expectation):
+        coeff, mat = _split_scalar(_mdiff(expr.integrand, X))
+        return coeff * Average(mat, "E:" + expr.label)
+    if isinstance(expr, sp.Trace):
+        return sp.diff(expr, X)
+    raise NotImplementedError(f"no differentiation rule for {type(expr).__name__}: {expr}")
+
+
+# =================================================================================================
+# Rank-one algebra: span{I, U} with U = u u^T, U^2 = nu U (Gaussian integrals of linear phi)
+# =================================================================================================
+@dataclass(frozen=True)
+class _R1:
+    """``alpha I + beta u u^T`` with ``u^T u = nu``; closed under products and inverses."""
+
+    alpha: sp.Expr
+    beta: sp.Expr
+    nu: sp.Expr
+
+    def __mul__(self, other: "_R1") -> "_R1":
+        return _R1(sp.simplify(self.alpha * other.alpha),
+                   sp.simplify(self.alpha * other.beta + self.beta * other.alpha + self.nu * self.beta * other.beta),
+                   self.nu)
+
+    def inverse(self) -> "_R1":
+        # solve (alpha I + beta U)(a I + b U) = I in the algebra: two linear equations in (a, b)
+        a, b = sp.symbols("a_inv b_inv")
+        prod = self * _R1(a, b, self.nu)
+        sol = sp.solve([sp.Eq(prod.alpha, 1), sp.Eq(prod.beta, 0)], [a, b], dict=True)[0]
+        return _R1(sp.simplify(sol[a]), sp.simplify(sol[b]), self.nu)
+
+
+# =================================================================================================
+# Symbols
+# =================================================================================================
+def _pos(name):
+    return sp.Symbol(name, positive=True)
+
+
+class _Sym:
+    """All symbols of the engine (one namespace, so every expression shares them)."""
+
+    P, P2 = sp.Symbol("P", integer=True, positive=True), sp.Symbol("P_2", integer=True, positive=True)
+    gamma, lam, T, s2 = _pos("gamma"), _pos("lambda"), _pos("T"), _pos("s^2")
+    gamma1, lam1, T1, s12 = _pos("gamma_1"), _pos("lambda_1"), _pos("T_1"), _pos("s_1^2")
+    gamma2, lam2, T2, s22 = _pos("gamma_2"), _pos("lambda_2"), _pos("T_2"), _pos("s_2^2")
+    delta = sp.Symbol("delta", nonnegative=True)
+    # scalar unknowns of the reduced (linear) systems
+    a, kappa = _pos("a"), _pos("kappa")
+    chi, eta = sp.Symbol("chi", nonnegative=True), sp.Symbol("eta", nonnegative=True)
+    t, A, M, rho, b, c, m, sc2 = (_pos("t"), sp.Symbol("A", nonnegative=True), sp.Symbol("M", nonnegative=True),
+                                  _pos("rho"), sp.Symbol("b"), sp.Symbol("c", nonnegative=True),
+                                  sp.Symbol("m", nonnegative=True), sp.Symbol("s_c^2", nonnegative=True))
+
+
+def _matrices(P, sfx=""):
+    """Matrix symbols of one task: kernel, conjugate, targets, input kernel, features, dual vector."""
+    return dict(
+        Phi=sp.MatrixSymbol("Phi" + sfx, P, P),
+        Phihat=sp.MatrixSymbol("Phihat" + sfx, P, P),
+        y=sp.MatrixSymbol("y" + sfx, P, 1),
+        K=sp.MatrixSymbol("K" + sfx, P, P),
+        phi=sp.MatrixSymbol("phi" + sfx, P, 1),   # phi(h) on the training inputs
+        v=sp.MatrixSymbol("v" + sfx, P, 1),
+        Phix=sp.MatrixSymbol(r"\Phi%s(x, X%s)" % (_tex_sfx(sfx), _tex_sfx(sfx)), 1, P),
+        I=sp.Identity(P),
+    )
+
+
+# =================================================================================================
+# The system
+# =================================================================================================
+@dataclass
+class SaddlePointSystem:
+    """Action, order parameters, saddle-point equations, predictor and limits of one setting.
+
+    Attributes
+    ----------
+    setting : {"single", "finetune", "joint"}
+    activation : Activation
+    action : sympy.Expr
+        The mean-field action per neuron (docs/theory.md, eq. (2.2); eq. (3.2) for the target).
+    order_parameters : list of sympy.MatrixSymbol
+    derivatives : dict
+        ``dS/dX`` for every order parameter ``X`` as returned by the differentiation.
+    equations : dict of name -> sympy.Eq
+        The saddle-point equations solved for the order parameters.
+    predictor : sympy.Eq
+        The mean predictor (eq. (2.5) / (3.3)).
+    limits : dict of name -> sympy.Eq or str
+        ``gamma -> 0``, ``delta -> inf`` and ``delta = 0`` where they apply.
+    reduced : dict of name -> sympy.Eq or None
+        Scalar equations when the single-site measure is Gaussian (linear activation).
+    dual_kernel : sympy.Expr or None
+        Closed form of ``E[phi(u)phi(v)]`` in ``q11, q12, q22`` (None: quadrature only).
+    """
+
+    setting: str
+    activation: Activation
+    action: sp.Expr
+    order_parameters: list
+    derivatives: dict
+    equations: dict
+    predictor: sp.Eq
+    limits: dict
+    reduced: dict | None
+    dual_kernel: sp.Expr | None
+    definitions: dict = field(default_factory=dict)
+    task: object = None
+    source: "SaddlePointSystem | None" = None
+
+    @property
+    def is_linear(self) -> bool:
+        return sp.simplify(self.activation.expr - sp.Symbol("x", real=True)) == 0
+
+    # ------------------------------------------------------------------ rendering
+    def _blocks(self):
+        """(title, [latex lines]) sections shared by latex() and markdown()."""
+        L = _latex
+        blocks = []
+        if self.source is not None:
+            for title, lines in self.source._blocks():
+                if title.startswith("Activation") or title.startswith("Dual kernel"):
+                    continue
+                blocks.append(("Source task: " + title, lines))
+        act = self.activation
+        blocks.append(("Activation", [r"\phi(x) = " + sp.latex(act.expr),
+                                      r"\phi'(x) = " + sp.latex(act.derivative()),
+                                      r"\text{growth: %s}" % act.growth]))
+        defs = [L(sp.Eq(k, v)) if not isinstance(v, str) else v for k, v in self.definitions.items()]
+        if defs:
+            blocks.append(("Definitions", defs))
+        tag = "" if self.source is None else "Target task: "
+        blocks.append((tag + "Action", [r"S = " + L(self.action)]))
+        blocks.append((tag + "Derivatives of the action", [
+            r"\frac{\partial S}{\partial %s} = %s" % (sp.latex(X), L(d)) for X, d in self.derivatives.items()]))
+        blocks.append((tag + "Saddle-point equations", [L(e) for e in self.equations.values()]))
+        blocks.append((tag + "Predictor", [L(self.predictor)]))
+        if self.limits:
+            blocks.append((tag + "Limits", [_limit_label(k) + (L(v) if not isinstance(v, str) else v)
+                                            for k, v in self.limits.items()]))
+        if self.reduced:
+            blocks.append((tag + "Reduced scalar equations (Gaussian single-site measure)",
+                           [L(e) for e in self.reduced.values()]))
+        dk = self.dual_kernel
+        head = r"\kappa(q_{11}, q_{12}, q_{22}) = \mathbb{E}[\phi(u)\phi(v)]"
+        lines = [head + " = " + L(dk) if dk is not None else head + r"\ \text{(no closed form: quadrature)}"]
+        dd = act.dual_kernel_expr(derivative=True)
+        if dd is not None:
+            lines.append(r"\dot\kappa(q_{11}, q_{12}, q_{22}) = \mathbb{E}[\phi'(u)\phi'(v)] = " + L(dd))
+        blocks.append(("Dual kernel", lines))
+        return blocks
+
+    def latex(self, path=None) -> str:
+        """A complete, compilable LaTeX document; written to ``path`` when given."""
+        phi_tex = sp.latex(self.activation.expr)
+        title = f"Saddle-point equations: setting ``{self.setting}'', activation $\\phi(x) = {phi_tex}$"
+        out = [r"\documentclass{article}", r"\usepackage{amsmath,amssymb,graphicx}",
+               r"\usepackage[margin=2cm]{geometry}",
+               r"\allowdisplaybreaks", r"\begin{document}", r"\section*{%s}" % title,
+               r"Generated by \texttt{symtransfer.symbolic.derive}; equation numbers refer to docs/theory.md.",
+               r"Matrices are $P\times P$ over the training inputs; $\langle\cdot\rangle_{\mathrm{tilt}}$ is the "
+               r"single-site measure (2.4)."]
+        for title, lines in self._blocks():
+            if not lines:
+                continue
+            out.append(r"\subsection*{%s}" % _tex_escape(title))
+            for line in lines:
+                out.append(r"\begin{equation*}")
+                out.append(_breakable(line))
+                out.append(r"\end{equation*}")
+        out.append(r"\end{document}")
+        text = "\n".join(out) + "\n"
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        return text
+
+    def markdown(self) -> str:
+        """Markdown with ``$$ ... $$`` display math (renders in Jupyter)."""
+        out = [f"# Saddle-point equations: `{self.setting}`, φ(x) = ${sp.latex(self.activation.expr)}$", ""]
+        for title, lines in self._blocks():
+            if not lines:
+                continue
+            out += [f"## {title}", ""]
+            for line in lines:
+                out += ["$$", line, "$$", ""]
+        return "\n".join(out)
+
+    def _repr_markdown_(self):
+        return self.markdown()
+
+    def __str__(self) -> str:
+        lines = [f"SaddlePointSystem(setting={self.setting!r}, activation={self.activation.name!r})",
+                 f"  action: {sp.sstr(self.action)}"]
+        lines += [f"  {k}: {sp.sstr(v)}" for k, v in self.equations.items()]
+        if self.reduced:
+            lines += [f"  reduced {k}: {sp.sstr(v)}" for k, v in self.reduced.items()]
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ numerics
+    def compile(self) -> "CompiledSaddlePoint":
+        """Lambdify the equations to Numba and wrap them in a damped fixed-point solver.
+
+        Raises
+        ------
+        NoSaddlePointError
+            For activations growing faster than linearly (docs/theory.md, (2.6)).
+        """
+        if self.activation.growth == "superlinear":
+            raise NoSaddlePointError(
+                f"activation {self.activation.name!r} grows faster than linearly: the tilt "
+                "exp(c phi(h)^2) of the single-site measure (2.4) is not normalisable, so the equilibrium "
+                "saddle point does not exist (docs/theory.md, (2.6)); use gradient flow "
+                "(symtransfer.GradientFlowDMFT) instead")
+        return CompiledSaddlePoint(self)
+
+
+def _latex(e) -> str:
+    if isinstance(e, sp.Eq):
+        return sp.latex(e.lhs) + " = " + sp.latex(e.rhs)
+    return sp.latex(e)
+
+
+def _tex_sfx(sfx: str) -> str:
+    return "_{%s}" % sfx[1:] if sfx else ""
+
+
+_LABEL_WORDS = {"gamma_2": r"\gamma_2", "gamma": r"\gamma", "delta": r"\delta", "->": r"\to", "inf": r"\infty"}
+
+
+def _limit_label(key: str) -> str:
+    """'delta -> inf (linear)' -> math-mode label; words in parentheses become text."""
+    head, _, note = key.partition(" (")
+    words = [_LABEL_WORDS.get(w, w) for w in head.split()]
+    lab = " ".join(words)
+    if note:
+        lab += r"\ 	ext{(%s)}" % _tex_escape(note.rstrip(")"))
+    return lab + r":\quad "
+
+
+def _tex_escape(s: str) -> str:
+    return s.replace("_", r"\_").replace("&", r"\&")
+
+
+def _breakable(line: str) -> str:
+    # very long formulas are scaled to the line width rather than overflowing the page
+    if len(line) < 220:
+        return line
+    return r"\resizebox{\linewidth}{!}{$\displaystyle " + line + "$}"
+
+
+# =================================================================================================
+# Derivations
+# =================================================================================================
+def _single_task(act: Activation, gamma, lam, T, s2, P, sfx="", prior_label=None):
+    """Action (2.2), derivatives, equations (2.3)-(2.5) of one task, from the action."""
+    mats = _matrices(P, sfx)
+    Phi, Phihat, y, K, phi, v, Phix, I = (mats[k] for k in ("Phi", "Phihat", "y", "K", "phi", "v", "Phix", "I"))
+    prior = prior_label or r"h\sim\mathcal{N}(0, %s K%s)" % (sp.latex(s2), sfx)
+    ridge = sp.Trace(y.T * (Phi + lam * I).inv() * y)
+    lnZ = sp.log(Expectation(sp.exp(-sp.Trace(Phihat * phi * phi.T)), prior))
+    action = -gamma**2 / (2 * s2) * ridge + sp.Trace(Phihat * Phi) + lnZ
+
+    sym = {Phi.T: Phi, Phihat.T: Phihat, K.T: K}
+    dPhi = _mdiff(action, Phi).xreplace(sym)
+    dPhihat = _mdiff(action, Phihat).xreplace(sym)
+    # dS/dPhihat = Phi - <phi phi^T> = 0
+    avg = Average(phi * phi.T, "tilt")
+    _check(sp.simplify(dPhihat - (Phi - avg)) == sp.ZeroMatrix(P, P), f"dS/dPhihat = {dPhihat}")
+    # dS/dPhi = Phihat + (gamma^2/2s^2) (Phi + lam)^-1 y y^T (Phi + lam)^-1 = 0  ->  Phihat = -c v v^T
+    inv = (Phi + lam * I).inv()
+    coef = gamma**2 / (2 * s2)
+    rest = (dPhi - Phihat).doit()
+    _check(sp.simplify(rest - coef * inv * y * y.T * inv) == sp.ZeroMatrix(P, P), f"dS/dPhi = {dPhi}")
+    eq_hat = sp.Eq(Phihat, -coef * v * v.T)
+    eq_v = sp.Eq(v, inv * y)
+    # substituting Phihat into the tilt: -Tr(Phihat phi phi^T) = coef Tr(v v^T phi phi^T) = coef (v^T phi)^2
+    tilt = coef * sp.Symbol(r"(v%s^{T}\phi%s(h))^{2}" % (sfx, sfx))
+    measure = r"p(h) \propto \mathcal{N}(h; 0, %s K%s)\, \exp\left(%s\right)" % (sp.latex(s2), sfx, sp.latex(tilt))
+    eq_phi = sp.Eq(Phi, avg)
+    predictor = sp.Eq(sp.MatrixSymbol("f%s(x)" % _tex_sfx(sfx), 1, 1), Phix * inv * y)
+    return dict(action=action, Phi=Phi, Phihat=Phihat, derivatives={Phi: dPhi, Phihat: dPhihat},
+                equations={"v": eq_v, "Phihat": eq_hat, "Phi": eq_phi}, predictor=predictor,
+                measure=measure, mats=mats, coef=coef)
+
+
+def _lazy_limit(act: Activation, sys: dict, gamma, s2, sfx=""):
+    """gamma -> 0: the tilt vanishes and Phi is the NNGP kernel of phi under the prior."""
+    coef_lim = sp.limit(sys["coef"], gamma, 0)
+    up = "^{(%s)}" % sfx[1:] if sfx else ""
+    Kmm, Kmn, Knn = sp.symbols(r"K%s_{\mu\mu} K%s_{\mu\nu} K%s_{\nu\nu}" % (up, up, up), real=True)
+    dk = act.dual_kernel_expr()
+    Phimn = sp.Symbol(r"\Phi%s_{\mu\nu}" % up)
+    if dk is not None:
+        rhs = sp.simplify(dk.subs({q11: s2 * Kmm, q12: s2 * Kmn, q22: s2 * Knn}))
+        lazy = sp.Eq(Phimn, rhs)
+    else:
+        lazy = sp.Eq(Phimn, sp.Function(r"\kappa_{\phi}")(s2 * Kmm, s2 * Kmn, s2 * Knn))
+    v = sys["mats"]["v"]
+    rhs = sp.ZeroMatrix(*sys["Phihat"].shape) if coef_lim == 0 else -coef_lim * v * v.T
+    return {"gamma -> 0 (Phihat)": sp.Eq(sys["Phihat"], rhs),
+            "gamma -> 0 (Phi, NNGP kernel)": lazy}
+
+
+def _reduce_linear_single(gamma, lam, s2, sfx=""):
+    """Integrate the Gaussian single-site measure of phi(h) = h and reduce to eq. (2.9).
+
+    With h = X w/sqrt(D) the tilt is (gamma^2/2s^2)(u^T w)^2, u = X^T v/sqrt(D), so w has precision
+    (I - gamma^2 u u^T)/s^2; its inverse is computed in the algebra span{I, u u^T}. Then
+    Phi v = X Sigma X^T v/D = (alpha + beta kappa) K v with kappa = u^T u = v^T K v, so the stationarity
+    condition (Phi + lam I) v = y becomes (a K + lam I) v = y with the scalar a = alpha + beta kappa.
+    """
+    S = _Sym
+    prec = _R1(1 / s2, -gamma**2 / s2, S.kappa)
+    cov = prec.inverse()
+    a_expr = sp.simplify(cov.alpha + cov.beta * S.kappa)
+    chi_def = gamma**2 * S.kappa
+    a_of_chi = sp.simplify(a_expr.subs(S.kappa, S.chi / gamma**2))
+    eta_sol = sp.solve(sp.Eq(s2 + S.eta, a_of_chi), S.eta)[0]
+    K, y, v = (sp.MatrixSymbol(n + sfx, _Sym.P, k) for n, k in (("K", _Sym.P), ("y", 1), ("v", 1)))
+    I = sp.Identity(_Sym.P)
+    return {
+        "Sigma": sp.Eq(sp.Symbol(r"\Sigma%s" % sfx), cov.alpha * sp.Symbol("I") + cov.beta * sp.Symbol("u u^{T}")),
+        "v": sp.Eq(v, (S.a * K + lam * I).inv() * y),
+        "kappa": sp.Eq(S.kappa, sp.Trace(v.T * K * v)),
+        "chi": sp.Eq(S.chi, chi_def),
+        "a": sp.Eq(S.a, a_of_chi),
+        "eta": sp.Eq(S.eta, sp.factor(eta_sol)),
+        "predictor": sp.Eq(sp.MatrixSymbol("f%s(x)" % _tex_sfx(sfx), 1, 1),
+                           S.a * sp.MatrixSymbol("K(x, X%s)" % _tex_sfx(sfx), 1, _Sym.P) * v),
+    }
+
+
+def _reduce_linear_joint():
+    """Gaussian conditional w2 | w1 of eq. (3.1) tilted, integrated in span{I, u2 u2^T}: eq. (3.5).
+
+    Precision Lambda = (I - c U)/s_c^2 with c = gamma2^2 s_c^2/s2^2, U = u2 u2^T, u2^T u2 = kappa.
+    E[w2 w2^T] = s_c^2 Pi + m^2 Pi Sigma1 Pi with Pi = s_c^2 Lambda^-1 = I + b U. Then
+    Pi X2^T v2/sqrt(D) = t u2 with t = 1 + b kappa, and
+    Phi2 v2 = s_c^2 t K v2 + m^2 t (Q v2 + b rho K v2),  rho = v2^T Q v2, Q = Phi1(X2, X2).
+    """
+    S = _Sym
+    Pi = _R1(1, -S.c, S.kappa).inverse()             # Pi = (I - c U)^-1
+    b_expr = sp.simplify(Pi.beta)
+    t_expr = sp.simplify(Pi.alpha + Pi.beta * S.kappa)  # Pi u2 = t u2
+    # coefficient of K v2 and of Q v2 in Phi2 v2
+    A_expr = sp.simplify(S.sc2 * t_expr + S.m**2 * t_expr * b_expr * S.rho)
+    M_expr = sp.simplify(S.m**2 * t_expr)
+    c_def = sp.simplify(S.gamma2**2 * S.sc2 / S.s22)
+    m_def = S.delta / (S.lam2 + S.delta)
+    sc2_def = S.T2 / (S.lam2 + S.delta)
+    # A in terms of t only (t = 1/(1 - c kappa) eliminates kappa)
+    A_of_t = sp.simplify(A_expr.subs(S.kappa, sp.solve(sp.Eq(S.t, t_expr), S.kappa)[0]))
+    K2, Q, y2, v2 = (sp.MatrixSymbol(n, S.P2, k) for n, k in (("K_2", S.P2), ("Q", S.P2), ("y_2", 1), ("v_2", 1)))
+    I2 = sp.Identity(S.P2)
+    red = {
+        "m": sp.Eq(S.m, m_def), "s_c^2": sp.Eq(S.sc2, sc2_def),
+        "c": sp.Eq(S.c, sp.simplify(c_def.subs({S.sc2: sc2_def, S.s22: S.T2 / S.lam2}))),
+        "Pi": sp.Eq(sp.Symbol(r"\Pi"), sp.Symbol("I") + b_expr * sp.Symbol("u_2 u_2^{T}")),
+        "t": sp.Eq(S.t, t_expr),
+        "b": sp.Eq(S.b, sp.simplify(b_expr.subs(S.kappa, sp.solve(sp.Eq(S.t, t_expr), S.kappa)[0]))),
+        "A": sp.Eq(S.A, A_of_t),
+        "M": sp.Eq(S.M, M_expr),
+        "v_2": sp.Eq(v2, (S.A * K2 + S.M * Q + S.lam2 * I2).inv() * y2),
+        "kappa": sp.Eq(S.kappa, sp.Trace(v2.T * K2 * v2)),
+        "rho": sp.Eq(S.rho, sp.Trace(v2.T * Q * v2)),
+        "predictor": sp.Eq(sp.MatrixSymbol("f_{2}(x)", 1, 1), (S.A * sp.MatrixSymbol("K(x, X_{2})", 1, S.P2)
+                                                    + S.M * sp.MatrixSymbol(r"\Phi_{1}(x, X_{2})", 1, S.P2)) * v2),
+    }
+    return red, dict(t=t_expr, A=A_of_t, M=M_expr, b=b_expr, m=m_def, sc2=sc2_def)
+
+
+def derive(setting: str, activation="linear", task=None) -> SaddlePointSystem:
+    """Derive the saddle-point system of a setting.
+
+    Parameters
+    ----------
+    setting : {"single", "finetune", "joint"}
+        One task (docs/theory.md, section 2); readout fine-tuning on source features (``delta -> inf``
+        of section 3); jointly rich transfer with coupling ``delta`` (section 3).
+    activation : str, sympy.Expr or Activation
+        Registered name or formula (parsed safely, see :mod:`symtransfer.parsing`).
+    task : object, optional
+        Data carried to :meth:`SaddlePointSystem.compile` (anything with ``X_train``/``y_train``).
+
+    Returns
+    -------
+    SaddlePointSystem
+    """
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
+    act = get_activation(activation)
+    S = _Sym
+    is_linear = sp.simplify(act.expr - sp.Symbol("x", real=True)) == 0
+    dual = act.dual_kernel_expr()
+    if setting == "single":
+        sys = _single_task(act, S.gamma, S.lam, S.T, S.s2, S.P)
+        limits = _lazy_limit(act, sys, S.gamma, S.s2)
+        reduced = _reduce_linear_single(S.gamma, S.lam, S.s2) if is_linear else None
+        defs = {S.s2: S.T / S.lam, "single-site measure (2.4)": sys["measure"]}
+        return SaddlePointSystem("single", act, sys["action"], [sys["Phi"], sys["Phihat"]], sys["derivatives"],
+                                 sys["equations"], sys["predictor"], limits, reduced, dual, defs, task)
+
+    # transfer: the source is a single task with index 1
+    src = _single_task(act, S.gamma1, S.lam1, S.T1, S.s12, S.P, sfx="_1")
+    src_red = _reduce_linear_single(S.gamma1, S.lam1, S.s12, sfx="_1") if is_linear else None
+    source = SaddlePointSystem("single", act, src["action"], [src["Phi"], src["Phihat"]], src["derivatives"],
+                               src["equations"], src["predictor"], _lazy_limit(act, src, S.gamma1, S.s12, "_1"),
+                               src_red, dual, {S.s12: S.T1 / S.lam1}, task)
+    m_def, sc2_def = S.delta / (S.lam2 + S.delta), S.T2 / (S.lam2 + S.delta)
+    m, sc2 = S.m, S.sc2
+    cond = r"w_2 \mid w_1 \sim \mathcal{N}(m w_1, s_c^2 I)"
+    tgt = _single_task(act, S.gamma2, S.lam2, S.T2, S.s22, S.P2, sfx="_2", prior_label=cond)
+    # quenched average over the frozen source weights (3.2)
+    mats = tgt["mats"]
+    lnZ_q = [t for t in tgt["action"].args if isinstance(t, sp.log)][0]
+    quenched = Expectation(lnZ_q, r"w_1\sim p_1")
+    action2 = tgt["action"] - lnZ_q + quenched
+    sym2 = {mats["Phi"].T: mats["Phi"], mats["Phihat"].T: mats["Phihat"]}
+    d_hat = _mdiff(action2, mats["Phihat"]).xreplace(sym2)
+    d_phi = _mdiff(action2, mats["Phi"]).xreplace(sym2)
+    avg2 = Average(Average(mats["phi"] * mats["phi"].T, "tilt"), r"E:w_1\sim p_1")
+    _check(sp.simplify(d_hat - (mats["Phi"] - avg2)) == sp.ZeroMatrix(S.P2, S.P2), f"dS2/dPhihat2 = {d_hat}")
+    equations = dict(tgt["equations"])
+    equations["Phi"] = sp.Eq(mats["Phi"], avg2)
+    defs = {m: m_def, sc2: sc2_def, S.s22: S.T2 / S.lam2,
+            "target conditional (3.1)": cond + r",\quad \text{tilted by } \exp\left(\frac{\gamma_2^2}{2 s_2^2}"
+                                               r"(v_2^T\phi(h_2))^2\right)"}
+    m_inf, sc2_inf = sp.limit(m_def, S.delta, sp.oo), sp.limit(sc2_def, S.delta, sp.oo)
+    m_0, sc2_0 = m_def.subs(S.delta, 0), sp.simplify(sc2_def.subs(S.delta, 0))
+    Phi1_X2 = sp.MatrixSymbol(r"\Phi_{1}(X_{2}, X_{2})", S.P2, S.P2)
+    limits = {
+        "delta -> inf": r"m \to %s,\ s_c^2 \to %s:\ w_2 = w_1,\ \Phi_2 = \Phi_1(X_2, X_2)" % (
+            sp.latex(m_inf), sp.latex(sc2_inf)),
+        "delta = 0": r"m = %s,\ s_c^2 = %s = s_2^2:\ \text{the target forgets the source (scratch)}" % (
+            sp.latex(m_0), sp.latex(sc2_0)),
+        "gamma_2 -> 0": sp.Eq(mats["Phihat"], sp.limit(tgt["coef"], S.gamma2, 0) * mats["Phihat"]),
+    }
+    reduced = None
+    if is_linear:
+        reduced, _ = _reduce_linear_joint()
+        red_inf = {k: sp.limit(reduced[k].rhs.subs({S.m: m_def, S.sc2: sc2_def}).subs(
+            S.c, reduced["c"].rhs), S.delta, sp.oo) for k in ("A", "M")}
+        limits["delta -> inf (linear)"] = r"A \to %s,\ M \to %s" % (sp.latex(red_inf["A"]), sp.latex(red_inf["M"]))
+        red_0 = {k: sp.simplify(reduced[k].rhs.subs({S.m: 0, S.sc2: S.T2 / S.lam2})) for k in ("A", "M")}
+        limits["delta = 0 (linear)"] = r"A = %s,\ M = %s" % (sp.latex(red_0["A"]), sp.latex(red_0["M"]))
+    if setting == "finetune":
+        # delta -> inf: the conditional collapses to w2 = w1, the tilted average no longer depends on
+        # Phihat_2, so the only target equation left is the readout ridge regression
+        ridge = sp.Trace(mats["y"].T * (Phi1_X2 + S.lam2 * mats["I"]).inv() * mats["y"])
+        action_ft = -S.gamma2**2 / (2 * S.s22) * ridge
+        eqs = {"Phi_2": sp.Eq(mats["Phi"], Phi1_X2),
+               "v_2": sp.Eq(mats["v"], (Phi1_X2 + S.lam2 * mats["I"]).inv() * mats["y"])}
+        pred = sp.Eq(sp.MatrixSymbol("f_{2}(x)", 1, 1), sp.MatrixSymbol(r"\Phi_{1}(x, X_{2})", 1, S.P2) * mats["v"])
+        red_ft = None
+        if is_linear:
+            red_ft = {"A": sp.Eq(S.A, 0), "M": sp.Eq(S.M, 1), "t": sp.Eq(S.t, 1),
+                      "v_2": sp.Eq(mats["v"],
+                                   (sp.MatrixSymbol("Q", S.P2, S.P2) + S.lam2 * mats["I"]).inv() * mats["y"])}
+        defs_ft = {m: m_inf, sc2: sc2_inf,
+                   "source kernel on target inputs": r"\Phi_1(X_2, X_2)\ \text{from the source system}"}
+        return SaddlePointSystem("finetune", act, action_ft, [], {}, eqs, pred,
+                                 {"delta -> inf": limits["delta -> inf"]}, red_ft, dual, defs_ft, task, source)
+    return SaddlePointSystem("joint", act, action2, [mats["Phi"], mats["Phihat"]],
+                             {mats["Phi"]: d_phi, mats["Phihat"]: d_hat}, equations, tgt["predictor"], limits,
+                             reduced, dual, defs, task, source)
+
+
+# =================================================================================================
+# Compiled solvers
+# =================================================================================================
+def _njit_scalar(expr, args):
+    """Lambdify a scalar SymPy expression with ``math`` and compile it with Numba."""
+    return nb.njit(sp.lambdify(args, expr, modules="math"))
+
+
+@nb.njit(cache=True)
+def _kappa_eig(a, k, yt, lam):
+    """v^T K v for v = (a K + lam I)^-1 y in the eigenbasis of K."""
+    s = 0.0
+    for i in range(k.shape[0]):
+        r = yt[i] / (a * k[i] + lam)
+        s += k[i] * r * r
+    return s
+
+
+@nb.njit
+def _solve_single_linear(update, k, yt, lam, gamma, s2, damping, tol, max_iter, hist):
+    """Damped fixed point a <- (1-beta) a + beta F(a), F(a) = s^2/(1 - chi(a)) (lambdified from the
+    derivation), safeguarded by a bracket on h(a) = a - F(a): h is increasing where chi < 1, so
+    steps that leave the bracket or the normalisable region are replaced by bisection."""
+    g2 = gamma * gamma
+    lo = s2
+    hi = s2
+    # grow hi until h(hi) > 0 (F(a) -> s^2 as a -> inf)
+    for _ in range(2000):
+        chi = g2 * _kappa_eig(hi, k, yt, lam)
+        if chi < 1.0 and hi - update(chi, s2) > 0.0:
+            break
+        hi = 2.0 * hi + 1e-300
+    a = lo
+    chi = g2 * _kappa_eig(a, k, yt, lam)
+    if not chi < 1.0:
+        a = 0.5 * (lo + hi)
+    n = 0
+    while n < max_iter:
+        chi = g2 * _kappa_eig(a, k, yt, lam)
+        if chi < 1.0:
+            F = update(chi, s2)
+            h = a - F
+            if h > 0.0:
+                hi = a
+            else:
+                lo = a
+            a_new = (1.0 - damping) * a + damping * F
+        else:
+            lo = a  # outside the normalisable region: a is too small
+            a_new = 0.5 * (lo + hi)
+        if not (lo < a_new < hi) and hi > lo:
+            a_new = 0.5 * (lo + hi)
+        hist[n] = abs(a_new - a) / a
+        n += 1
+        if abs(a_new - a) <= tol * a:
+            return a_new, n, True
+        a = a_new
+    return a, n, False
+
+
+def _ridge_stats(A, M, K2, Q, y2, lam2):
+    # every step is one dense P x P solve in LAPACK, so these loops stay in Python (compiling them
+    # with Numba costs ~20 s per process for no gain); the update maps they call are Numba kernels
+    v = np.linalg.solve(A * K2 + M * Q + lam2 * np.eye(y2.shape[0]), y2)
+    return v, float(v @ (K2 @ v)), float(v @ (Q @ v))
+
+
+@nb.njit(cache=True)
+def _safeguarded_step(x, F, lo, hi, damping):
+    """Damped fixed-point step x <- (1-beta) x + beta F, replaced by bisection of the bracket when it
+    leaves it (the maps here have x - F(x) increasing, so the bracket always holds the root)."""
+    x_new = (1.0 - damping) * x + damping * F
+    if not (lo < x_new < hi):
+        x_new = 0.5 * (lo + hi)
+    return x_new
+
+
+def _inner_A(A_upd, t, K2, Q, y2, lam2, c, m, sc2, damping, tol, max_iter):
+    """For fixed t, A = A_upd(c, m, rho(A), s_c^2, t) (eq. 3.5): A - A_upd is increasing in A."""
+    M = t * m * m
+    lo = t * sc2  # rho >= 0, so A >= t s_c^2
+    hi = lo + 1.0
+    for _ in range(2000):
+        v, kap, rho = _ridge_stats(hi, M, K2, Q, y2, lam2)
+        if hi - A_upd(c, m, rho, sc2, t) > 0.0:
+            break
+        hi = 2.0 * hi
+    A = lo
+    for _ in range(max_iter):
+        v, kap, rho = _ridge_stats(A, M, K2, Q, y2, lam2)
+        F = A_upd(c, m, rho, sc2, t)
+        if A - F > 0.0:
+            hi = A
+        else:
+            lo = A
+        A_new = _safeguarded_step(A, F, lo, hi, damping)
+        if abs(A_new - A) <= tol * max(A, 1e-300) or hi - lo <= tol * hi:
+            return A_new, True
+        A = A_new
+    return A, False
+
+
+def _solve_joint_linear(t_upd, A_upd, K2, Q, y2, lam2, c, m, sc2, damping, tol, max_iter, hist):
+    """Nested damped fixed points of eq. (3.5): outer t <- t_upd(c, kappa(t)) with t - t_upd increasing
+    on the normalisable region c kappa < 1 (outside it t is too small), inner A for each t."""
+    lo = 1.0
+    hi = 2.0
+    for _ in range(2000):
+        A, ok = _inner_A(A_upd, hi, K2, Q, y2, lam2, c, m, sc2, damping, tol, max_iter)
+        v, kap, rho = _ridge_stats(A, hi * m * m, K2, Q, y2, lam2)
+        if c * kap < 1.0 and hi - t_upd(c, kap) > 0.0:
+            break
+        hi = 2.0 * hi
+    t = 1.0
+    n = 0
+    while n < max_iter:
+        A, ok = _inner_A(A_upd, t, K2, Q, y2, lam2, c, m, sc2, damping, tol, max_iter)
+        if not ok:
+            return t, A, n, False
+        v, kap, rho = _ridge_stats(A, t * m * m, K2, Q, y2, lam2)
+        if c * kap < 1.0:
+            F = t_upd(c, kap)
+            if t - F > 0.0:
+                hi = t
+            else:
+                lo = t
+            t_new = _safeguarded_step(t, F, lo, hi, damping)
+        else:
+            lo = t
+            t_new = 0.5 * (lo + hi)
+        hist[n] = abs(t_new - t) / t
+        n += 1
+        if abs(t_new - t) <= tol * t or hi - lo <= tol * hi:
+            A, ok = _inner_A(A_upd, t_new, K2, Q, y2, lam2, c, m, sc2, damping, tol, max_iter)
+            return t_new, A, n, ok
+        t = t_new
+    return t, A, n, False
+
+
+@nb.njit(parallel=True)
+def _features(phi, H):
+    out = np.empty_like(H)
+    for i in nb.prange(H.shape[0]):
+        for j in range(H.shape[1]):
+            out[i, j] = phi(H[i, j])
+    return out
+
+
+@dataclass
+class SaddlePointSolution:
+    """Numerical solution returned by :meth:`CompiledSaddlePoint.solve`.
+
+    ``values`` holds the scalar order parameters (``a, chi, eta`` for a single linear task; ``t, A, M,
+    kappa, rho`` for transfer), ``v`` the dual vector, ``Phi`` the train kernel, ``n_iter`` and
+    ``residuals`` the solver history; :meth:`predict` is the mean predictor.
+    """
+
+    setting: str
+    values: dict
+    v: np.ndarray
+    Phi: np.ndarray
+    n_iter: int
+    residuals: np.ndarray
+    _predict: object = None
+    source: "SaddlePointSolution | None" = None
+    mc_error: float | None = None
+
+    def predict(self, X) -> np.ndarray:
+        """Mean predictor on the rows of ``X`` (eqs. (2.5), (2.10), (3.6))."""
+        return self._predict(check_inputs(X, "X"))
+
+    def __getattr__(self, name):
+        values = self.__dict__.get("values", {})
+        if name in values:
+            return values[name]
+        raise AttributeError(name)
+
+
+def _K(XA, XB):
+    return XA @ XB.T / XA.shape[1]
+
+
+class CompiledSaddlePoint:
+    """Executable form of a :class:`SaddlePointSystem` (from :meth:`SaddlePointSystem.compile`).
+
+    The update maps are lambdified from the derived equations and compiled with Numba; the loops
+    that iterate them are Numba kernels. Linear activation: the reduced scalar systems (2.9) and
+    (3.5), exact. Other activations (setting ``"single"``): the equations (2.3)-(2.5) with the tilted
+    average estimated by self-normalised importance sampling from the prior on common random
+    numbers, with continuation in ``gamma``; it raises :class:`ConvergenceError` when the effective
+    sample size collapses (strong tilt), where ``symtransfer.AdaptiveKernel`` is the tool.
+    """
+
+    def __init__(self, system: SaddlePointSystem):
+        self.system = system
+        self.activation = system.activation
+        self.linear = system.is_linear
+        S = _Sym
+        if self.linear:
+            red = (system.source.reduced if system.source is not None else system.reduced)
+            self._a_update = _njit_scalar(red["a"].rhs, (S.chi, S.s2 if system.source is None else S.s12))
+            if system.setting == "joint":
+                self._t_update = _njit_scalar(system.reduced["t"].rhs, (S.c, S.kappa))
+                self._A_update = _njit_scalar(system.reduced["A"].rhs, (S.c, S.m, S.rho, S.sc2, S.t))
+                self._m_def = sp.lambdify((S.delta, S.lam2), system.reduced["m"].rhs)
+                self._sc2_def = sp.lambdify((S.delta, S.lam2, S.T2), system.reduced["s_c^2"].rhs)
+                self._c_def = sp.lambdify((S.gamma2, S.delta, S.lam2), system.reduced["c"].rhs)
+        else:
+            if system.setting != "single":
+                raise NotImplementedError(
+                    "compiled transfer solvers exist for the linear activation; for nonlinear phi use "
+                    "symtransfer.AdaptiveKernel(...).transfer(...)")
+            self._compiled = self.activation.compile()
+            # the tilt exponent c (v.phi)^2 with c = gamma^2/(2 s^2), lambdified from the derivation
+            self._coef = _njit_scalar(S.gamma**2 / (2 * S.s2), (S.gamma, S.s2))
+
+    # ------------------------------------------------------------------ single task
+    def _solve_single_linear(self, X, y, gamma, lam, T, tol, max_iter, damping):
+        s2 = T / lam
+        K = _K(X, X)
+        evals, U = np.linalg.eigh(0.5 * (K + K.T))
+        k = np.ascontiguousarray(np.clip(evals, 0.0, None))
+        yt = np.ascontiguousarray(U.T @ y)
+        hist = np.zeros(max_iter)
+        a, n, ok = _solve_single_linear(self._a_update, k, yt, lam, gamma, s2, damping, tol, max_iter, hist)
+        if not ok:
+            raise ConvergenceError(f"linear saddle point did not converge in {max_iter} iterations", hist[:n])
+        v = U @ (yt / (a * k + lam))
+        chi = gamma**2 * float(v @ K @ v)
+        g = K @ v
+        Phi = s2 * K + gamma**2 * a * np.outer(g, g)
+        Xtr = X.copy()
+
+        def predict(Xt, a=a, v=v, Xtr=Xtr):
+            return a * (_K(Xt, Xtr) @ v)
+
+        def kernel(XA, XB, s2=s2, gamma=gamma, a=a, v=v, Xtr=Xtr):
+            return s2 * _K(XA, XB) + gamma**2 * a * np.outer(_K(XA, Xtr) @ v, _K(XB, Xtr) @ v)
+
+        sol = SaddlePointSolution("single", dict(a=a, chi=chi, eta=a - s2, s2=s2), v, Phi, n, hist[:n], predict)
+        sol.kernel = kernel
+        return sol
+
+    def _solve_single_nonlinear(self, X, y, gamma, lam, T, tol, max_iter, damping, n_samples, seed, n_continuation):
+        s2 = T / lam
+        P, D = X.shape
+        rng = np.random.default_rng(seed)
+        Z = rng.standard_normal((n_samples, D))
+        Psi = _features(self._compiled.phi, np.ascontiguousarray(math.sqrt(s2) * Z @ X.T / math.sqrt(D)))
+        hist = []
+        # Control variate: the same samples estimate the lazy kernel, whose exact value is the dual
+        # kernel; adding (exact - estimate) removes most of the Monte Carlo error at small gamma and
+        # makes gamma = 0 exact (eq. (2.7)).
+        Kx = _K(X, X)
+        d = np.diag(Kx)
+        lazy_exact = self.activation.dual_kernel(s2 * d[:, None], s2 * Kx, s2 * d[None, :])
+        lazy_mc = Psi.T @ Psi / n_samples
+        correction = lazy_exact - lazy_mc
+        w = np.full(n_samples, 1.0 / n_samples)
+        Phi = lazy_exact.copy()
+        n = 0
+        ess = float(n_samples)
+        for g in np.linspace(0.0, gamma, n_continuation + 1)[1:]:
+            c = self._coef(g, s2)
+            for _ in range(max_iter):
+                v = np.linalg.solve(Phi + lam * np.eye(P), y)
+                proj = Psi @ v
+                logw = c * proj * proj
+                logw -= logw.max()
+                w = np.exp(logw)
+                w /= w.sum()
+                ess = 1.0 / float(np.sum(w * w))
+                if ess < 0.01 * n_samples:
+                    raise ConvergenceError(
+                        f"importance sampling of the tilted measure degenerated (effective sample size "
+                        f"{ess:.0f} of {n_samples}) at gamma={g:.3g}: the tilt is too strong for the compiled "
+                        "fallback; use symtransfer.AdaptiveKernel", hist)
+                Phi_new = Psi.T @ (w[:, None] * Psi) + correction
+                err = float(np.linalg.norm(Phi_new - Phi) / np.linalg.norm(Phi_new))
+                Phi = (1.0 - damping) * Phi + damping * Phi_new
+                hist.append(err)
+                n += 1
+                if err <= tol:
+                    break
+            else:
+                raise ConvergenceError(f"saddle point did not converge in {max_iter} iterations at gamma={g:.3g}", hist)
+        v = np.linalg.solve(Phi + lam * np.eye(P), y)
+        phi = self._compiled.phi
+        Zc, wc, Xtr = Z, w, X.copy()
+
+        act = self.activation
+
+        def kernel(XA, XB=None):
+            XB = Xtr if XB is None else XB
+            PA = _features(phi, np.ascontiguousarray(math.sqrt(s2) * Zc @ XA.T / math.sqrt(D)))
+            PB = _features(phi, np.ascontiguousarray(math.sqrt(s2) * Zc @ XB.T / math.sqrt(D)))
+            KAB = _K(XA, XB)
+            dA, dB = np.einsum("ij,ij->i", XA, XA) / D, np.einsum("ij,ij->i", XB, XB) / D
+            exact = act.dual_kernel(s2 * dA[:, None], s2 * KAB, s2 * dB[None, :])
+            return PA.T @ (wc[:, None] * PB) + exact - PA.T @ PB / PA.shape[0]
+
+        def predict(Xt):
+            return kernel(Xt, Xtr) @ v
+
+        sol = SaddlePointSolution("single", dict(ess=ess, s2=s2), v, Phi, n, np.array(hist), predict,
+                                  mc_error=1.0 / math.sqrt(ess))
+        sol.kernel = kernel
+        return sol
+
+    def solve(self, X=None, y=None, *, gamma=1.0, weight_decay=1.0, temperature=1.0, tol=1e-13, max_iter=10000,
+              damping=0.5, n_samples=20000, seed=0, n_continuation=5):
+        """Solve the single-task saddle point on ``(X, y)``.
+
+        Parameters
+        ----------
+        X, y : arrays (P, D), (P,)
+            Training data; default: ``task.X_train``, ``task.y_train`` of the ``task`` given to :func:`derive`.
+        gamma : float >= 0;  weight_decay : float > 0;  temperature : float > 0
+        tol : float
+            Relative step size at which the iteration stops.
+        damping : float in (0, 1]
+            Fraction of the fixed-point update taken per step.
+        n_samples, seed, n_continuation :
+            Nonlinear activations only: prior samples (common random numbers), seed, and number of
+            continuation steps in ``gamma``.
+
+        Returns
+        -------
+        SaddlePointSolution
+        """
+        if self.system.setting != "single":
+            raise ValueError(f"solve() is for setting 'single'; this system is {self.system.setting!r}: "
+                             "use solve_transfer()")
+        if X is None and y is None and self.system.task is not None:
+            X, y = self.system.task.X_train, self.system.task.y_train
+        X, y = check_Xy(X, y)
+        gamma = check_real("gamma", gamma, low=0.0)
+        lam = check_real("weight_decay", weight_decay, low=0.0, low_open=True)
+        T = check_real("temperature", temperature, low=0.0, low_open=True)
+        tol = check_real("tol", tol, low=0.0, low_open=True)
+        damping = check_real("damping", damping, low=0.0, low_open=True, high=1.0)
+        max_iter = check_int("max_iter", max_iter, low=1)
+        if self.linear:
+            return self._solve_single_linear(X, y, gamma, lam, T, tol, max_iter, damping)
+        n_samples = check_int("n_samples", n_samples, low=100)
+        n_continuation = check_int("n_continuation", n_continuation, low=1)
+        return self._solve_single_nonlinear(X, y, gamma, lam, T, max(tol, 1e-10), max_iter, damping,
+                                            n_samples, seed, n_continuation)
+
+    # ------------------------------------------------------------------ transfer (linear)
+    def solve_transfer(self, X1, y1, X2, y2, *, source=None, gamma=1.0, weight_decay=1.0, temperature=1.0,
+                       coupling=None, tol=1e-13, max_iter=10000, damping=0.5):
+        """Solve source then target (settings ``"finetune"`` and ``"joint"``, linear activation).
+
+        ``source`` is a dict of the source hyper-parameters (``gamma, weight_decay, temperature``);
+        ``gamma, weight_decay, temperature`` are the target's; ``coupling`` is ``delta`` (ignored for
+        ``"finetune"``, which is ``delta -> inf``).
+        """
+        if self.system.setting == "single":
+            raise ValueError("solve_transfer() needs setting 'finetune' or 'joint'")
+        if not self.linear:
+            raise NotImplementedError("compiled transfer needs the linear activation")
+        X1, y1 = check_Xy(X1, y1, "X1", "y1")
+        X2, y2 = check_Xy(X2, y2, "X2", "y2", n_features=X1.shape[1])
+        src = {"gamma": 1.0, "weight_decay": 1.0, "temperature": 1.0, **(source or {})}
+        g1 = check_real("source gamma", src["gamma"], low=0.0)
+        lam1 = check_real("source weight_decay", src["weight_decay"], low=0.0, low_open=True)
+        T1 = check_real("source temperature", src["temperature"], low=0.0, low_open=True)
+        s_sol = self._solve_single_linear(X1, y1, g1, lam1, T1, tol, max_iter, damping)
+        g2 = check_real("gamma", gamma, low=0.0)
+        lam2 = check_real("weight_decay", weight_decay, low=0.0, low_open=True)
+        T2 = check_real("temperature", temperature, low=0.0, low_open=True)
+        K2 = _K(X2, X2)
+        Q = s_sol.kernel(X2, X2)
+        if self.system.setting == "finetune":
+            delta = math.inf
+        else:
+            delta = check_real("coupling", coupling if coupling is not None else 1.0, low=0.0, allow_inf=True)
+        if math.isinf(delta):
+            t, A, M, n, hist = 1.0, 0.0, 1.0, 0, np.zeros(0)
+            v = np.linalg.solve(Q + lam2 * np.eye(len(y2)), y2)
+        else:
+            m = float(self._m_def(delta, lam2))
+            sc2 = float(self._sc2_def(delta, lam2, T2))
+            c = float(self._c_def(g2, delta, lam2))
+            hist = np.zeros(max_iter)
+            t, A, n, ok = _solve_joint_linear(self._t_update, self._A_update, np.ascontiguousarray(K2),
+                                              np.ascontiguousarray(Q), y2, lam2, c, m, sc2, damping, tol,
+                                              max_iter, hist)
+            hist = hist[:n]
+            if not ok:
+                raise ConvergenceError(f"transfer saddle point did not converge in {max_iter} iterations", hist)
+            M = t * m * m
+            v = np.linalg.solve(A * K2 + M * Q + lam2 * np.eye(len(y2)), y2)
+        kap, rho = float(v @ K2 @ v), float(v @ Q @ v)
+        X2c = X2.copy()
+
+        def predict(Xt, A=A, M=M, v=v):
+            return (A * _K(Xt, X2c) + M * s_sol.kernel(Xt, X2c)) @ v
+
+        return SaddlePointSolution(self.system.setting, dict(t=t, A=A, M=M, kappa=kap, rho=rho), v,
+                                   A * K2 + M * Q, n, hist, predict, source=s_sol)
+
+
+def derive_cli(activation: str, setting: str, latex: str | None = None, markdown: bool = False) -> str:
+    """Back end of ``symtransfer derive --activation SPEC --setting S [--latex FILE | --markdown]``.
+
+    Returns the text to print: the Markdown document with ``markdown=True``, a confirmation line after
+    writing the LaTeX document to ``latex``, and otherwise a plain-text summary of the equations.
+    """
+    if latex is not None and markdown:
+        raise ValueError("--latex and --markdown are mutually exclusive")
+    if setting not in SETTINGS:
+        raise ValueError(f"--setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
+    system = derive(setting, activation)
+    if latex is not None:
+        system.latex(latex)
+        return f"wrote LaTeX document ({setting}, phi = {system.activation.expr}) to {latex}"
+    if markdown:
+        return system.markdown()
+    return str(system)

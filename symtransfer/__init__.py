@@ -6,6 +6,7 @@ from .sim import WideNetwork
 from .symbolic import SaddlePointSystem, derive
 from .tasks import HermiteTeacher, Task, TransferPair, make_task, make_transfer_pair
 from .theory.linear import LinearTheory, LinearTransferTheory
+from .theory.proportional import PhaseDiagram, SourceState, phase_diagram, source_state, target_error, transfer_gain
 
 __version__ = "0.1.0"
 
@@ -28,4 +29,10 @@ __all__ = [
     "make_transfer_pair",
     "LinearTheory",
     "LinearTransferTheory",
+    "target_error",
+    "transfer_gain",
+    "source_state",
+    "SourceState",
+    "phase_diagram",
+    "PhaseDiagram",
 ]

@@ -4,6 +4,7 @@ Commands
 --------
 demo        small end-to-end run: pretraining, then scratch / fine-tuning / coupled, theory next to simulation
 simulate    run simulations described by a TOML or JSON config and write the results as JSON
+phase-diagram  transfer gain of the proportional-limit linear theory over a grid, plotted
 derive      mean-field action and saddle-point equations of an activation/setting (text, Markdown, LaTeX)
 """
 
@@ -133,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="-", help="output JSON file (default: standard output)")
     p.add_argument("--progress", action="store_true", help="show progress bars")
 
+    p = sub.add_parser("phase-diagram", help="proportional-limit transfer gain over a grid, with gain = 0 boundary")
+    p.add_argument("--config", required=True, help="TOML or JSON (see symtransfer.theory.proportional.phase_diagram_cli)")
+    p.add_argument("--out", required=True, help="figure file (.png, .pdf or .svg)")
+
     p = sub.add_parser("derive", help="action and saddle-point equations; --latex FILE or --markdown")
     p.add_argument("--activation", required=True, help="registered name or formula in x, e.g. 'x*exp(-x**2/4)'")
     p.add_argument("--setting", required=True, choices=["single", "finetune", "joint"])
@@ -158,6 +163,10 @@ def main(argv=None) -> int:
             else:
                 Path(args.out).write_text(text)
                 print(f"wrote {args.out}", file=sys.stderr)
+        elif args.command == "phase-diagram":
+            from .theory.proportional import phase_diagram_cli
+
+            phase_diagram_cli(args.config, args.out)
         elif args.command == "derive":
             from .symbolic import derive_cli
 

@@ -1,0 +1,895 @@
+"""Proportional-limit closed forms for linear networks on linear teachers (docs/proportional.md).
+
+Inputs ``x ~ N(0, I_D)``, teachers ``y_k = beta_k.x/sqrt(D) + sigma_k eps`` with ``|beta_k|^2 = D``,
+``beta_2 = alpha beta_1 + sqrt(1 - alpha^2) beta_perp``, ``P_k = nu_k D`` and ``D -> infinity`` with
+``gamma_k = g_k / sqrt(P_k)``. The exact finite-``D`` theory (docs/theory.md, eqs. (2.9) and
+(3.4)-(3.6)) then reduces to a handful of scalar equations built from one Marchenko-Pastur
+resolvent ``G_nu(r)`` (docs/proportional.md, eqs. (P.1)-(P.12)):
+
+* source: one amplitude ``a1`` (the top eigenvalue of the learned weight covariance; the rest of
+  the spectrum stays at ``s1^2 = T1/lam1``) and the overlap ``cos(theta1)`` of the spike with
+  ``beta_1``;
+* target: for fine-tuning a closed form; for jointly rich training two scalars ``(t, A)`` solved by
+  nested bracketed root finding; from scratch one amplitude ``a2``.
+
+Every reported test error is the population error of the mean predictor against the *noiseless*
+teacher, ``E_x (f(x) - beta.x/sqrt(D))^2 = |w_hat - beta|^2 / D`` (no ``sigma^2`` added).
+
+The public functions validate and broadcast in Python; the per-point work runs in a Numba
+``prange`` kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numba as nb
+import numpy as np
+
+from ..errors import ConvergenceError
+
+__all__ = [
+    "SETTINGS",
+    "PARAMETERS",
+    "DEFAULT_PARAMETERS",
+    "SourceState",
+    "PhaseDiagram",
+    "mp_resolvent",
+    "ridge_error",
+    "source_state",
+    "target_error",
+    "target_scalars",
+    "transfer_gain",
+    "phase_diagram",
+    "phase_diagram_cli",
+]
+
+SETTINGS = ("scratch", "finetune", "joint")
+_SETTING_CODE = {"scratch": 0, "finetune": 1, "joint": 2}
+
+#: Parameter names in the order the kernels take them.
+PARAMETERS = ("nu1", "nu2", "alpha", "g1", "g2", "lam1", "lam2", "T1", "T2", "coupling", "sigma1", "sigma2")
+
+#: Values used by :func:`phase_diagram` for the parameters that are neither axis nor given.
+DEFAULT_PARAMETERS = dict(nu1=4.0, nu2=1.0, alpha=0.5, g1=2.0, g2=2.0, lam1=1.0, lam2=1.0, T1=0.5, T2=0.5,
+                          coupling=1.0, sigma1=0.2, sigma2=0.2)
+
+# Ranges (low, low_open, high, allow_inf); the message names the parameter and the range.
+_RANGES = {
+    "nu1": (0.0, True, None, False),
+    "nu2": (0.0, True, None, False),
+    "alpha": (-1.0, False, 1.0, False),
+    "g1": (0.0, False, None, False),
+    "g2": (0.0, False, None, False),
+    "lam1": (0.0, True, None, False),
+    "lam2": (0.0, True, None, False),
+    "T1": (0.0, True, None, False),
+    "T2": (0.0, True, None, False),
+    "coupling": (0.0, False, None, True),
+    "sigma1": (0.0, False, None, False),
+    "sigma2": (0.0, False, None, False),
+}
+
+_MAXIT = 200
+_XTOL = 1e-14  # relative tolerance on every scalar unknown
+
+# ------------------------------------------------------------------------------------------------
+# Numba kernels
+# ------------------------------------------------------------------------------------------------
+
+
+@nb.njit(cache=True)
+def _mp(r, nu):
+    """Marchenko-Pastur scalars at ridge ``r``, docs/proportional.md eqs. (P.2)-(P.4).
+
+    Returns ``(G, G', m, V, Sq)``: ``G = tr(S + r)^-1/D`` for ``S = X^T X/D`` with ``P = nu D``,
+    ``G' = -dG/dr``, ``m = 1 - r G``, ``V = G - r G'`` and ``Sq = 1 - 2 r G + r^2 G'``, each
+    written as a product of positive factors so that nothing cancels when ``r`` is tiny or huge.
+    """
+    b = r + nu - 1.0
+    disc = math.sqrt(b * b + 4.0 * r)
+    if b > 0.0:
+        G = 2.0 / (b + disc)
+    else:
+        G = (disc - b) / (2.0 * r)
+    Gp = G * (1.0 + G) / disc
+    m = nu * G / (1.0 + G)
+    V = nu * G / ((1.0 + G) * disc)
+    Sq = nu * G * (1.0 + nu + G * (1.0 - nu)) / ((1.0 + G) * (1.0 + G) * disc)
+    return G, Gp, m, V, Sq
+
+
+@nb.njit(cache=True)
+def _ridge_q(r, nu, sig):
+    """``|w_hat|^2 / D`` of ridge regression with ridge ``r`` on a unit-norm teacher, eq. (P.4)."""
+    G, Gp, m, V, Sq = _mp(r, nu)
+    return Sq + sig * sig * V
+
+
+@nb.njit(cache=True)
+def _ridge_err(r, nu, sig):
+    """Bias + variance of ridge regression against the noiseless teacher, eq. (P.5)."""
+    G, Gp, m, V, Sq = _mp(r, nu)
+    return r * r * Gp + sig * sig * V
+
+
+@nb.njit(cache=True)
+def _ab_update(x0, x1, f0, f1, x, fx):
+    """One Anderson-Bjorck update of the bracket ``[x0, x1]`` (``f0 f1 < 0``) with the new point."""
+    if (fx > 0.0) == (f1 > 0.0):
+        # Same side as x1: x1 is replaced and the stale end x0 is down-weighted so that the secant
+        # point keeps moving towards it (this is what makes regula falsi superlinear).
+        g = 1.0 - fx / f1
+        if g <= 0.0:
+            g = 0.5
+        return x0, x, f0 * g, fx
+    return x1, x, f1, fx
+
+
+@nb.njit(cache=True)
+def _secant(x0, x1, f0, f1):
+    if f1 == f0:
+        return 0.5 * (x0 + x1)
+    x = x1 - f1 * (x1 - x0) / (f1 - f0)
+    lo = min(x0, x1)
+    hi = max(x0, x1)
+    if not (x > lo and x < hi):
+        x = 0.5 * (x0 + x1)
+    return x
+
+
+@nb.njit(cache=True)
+def _amp_residual(a, nu, g2, lam, s2, sig):
+    """``a (1 - chi(a)) - s^2`` of the single-task equation (P.6); increasing on ``chi < 1``."""
+    return a - g2 * _ridge_q(lam / a, nu, sig) / (nu * a) - s2
+
+
+@nb.njit(cache=True)
+def _solve_amplitude(nu, g, lam, T, sig):
+    """Root ``a >= s^2`` of eq. (P.6). Returns ``(a, status)``; status 0 = converged."""
+    s2 = T / lam
+    g2 = g * g
+    if g2 == 0.0:
+        return s2, 0
+    x0 = s2
+    f0 = _amp_residual(x0, nu, g2, lam, s2, sig)
+    if f0 >= 0.0:
+        return x0, 0
+    # At the root a = s^2 + g^2 q/(nu a) <= s^2 + g^2 q(lam/a)/(nu s^2); q grows with a, so double.
+    x1 = 2.0 * s2
+    f1 = _amp_residual(x1, nu, g2, lam, s2, sig)
+    n = 0
+    while f1 < 0.0:
+        x0, f0 = x1, f1
+        x1 = 2.0 * x1
+        f1 = _amp_residual(x1, nu, g2, lam, s2, sig)
+        n += 1
+        if n > 2000 or not math.isfinite(f1):
+            return x1, 1
+    if f1 == 0.0:
+        return x1, 0
+    for _ in range(_MAXIT):
+        x = _secant(x0, x1, f0, f1)
+        fx = _amp_residual(x, nu, g2, lam, s2, sig)
+        if fx == 0.0 or abs(x - x1) <= _XTOL * x:
+            return x, 0
+        x0, x1, f0, f1 = _ab_update(x0, x1, f0, f1, x, fx)
+    return x1, 1
+
+
+@nb.njit(cache=True)
+def _source(nu, g, lam, T, sig):
+    """``(a1, s1^2, cos theta1, source error, status)``, eqs. (P.6)-(P.7)."""
+    a, status = _solve_amplitude(nu, g, lam, T, sig)
+    r = lam / a
+    G, Gp, m, V, Sq = _mp(r, nu)
+    cos = m / math.sqrt(Sq + sig * sig * V)
+    err = r * r * Gp + sig * sig * V
+    return a, T / lam, cos, err, status
+
+
+@nb.njit(cache=True)
+def _target_point(c0, c1, p, nu2, lam2, sig2, s1, a1):
+    """Ridge with penalty ``lam2 C^-1``, ``C = c0 I + c1 u u^T``, ``u . beta2 / sqrt(D) = p``.
+
+    Returns ``(error, kappa/D, rho/D)``, docs/proportional.md eqs. (P.8)-(P.10): the bulk is
+    ridge-regressed with ridge ``r = lam2/c0``, the spike direction with ``r' = lam2/(c0 + c1)``.
+    """
+    r = lam2 / c0
+    rs = lam2 / (c0 + c1)
+    G, Gp, m, V, Sq = _mp(r, nu2)
+    den = m + rs * G  # = 1 - (r - r') G
+    p2 = p * p
+    omega = p * m / den  # overlap u . w_hat / sqrt(D)
+    s2V = sig2 * sig2 * V
+    err = Gp * ((1.0 - p2) * r * r + p2 * rs * rs / (den * den)) + s2V
+    perp = p2 * rs * rs * G * G * V / (den * den) + (1.0 - p2) * Sq + s2V  # |(I - uu^T) w_hat|^2 / D
+    cs = c0 + c1
+    kap = perp / (c0 * c0) + omega * omega / (cs * cs)
+    rho = s1 * perp / (c0 * c0) + a1 * omega * omega / (cs * cs)
+    return err, kap, rho
+
+
+@nb.njit(cache=True)
+def _inner_residual(A, t, m2, sc2, chat, p, nu2, lam2, sig2, s1, a1):
+    M = t * m2
+    err, kap, rho = _target_point(A + M * s1, M * (a1 - s1), p, nu2, lam2, sig2, s1, a1)
+    return A - t * (sc2 + chat * t * m2 * rho)
+
+
+@nb.njit(cache=True)
+def _solve_A(t, m2, sc2, chat, p, nu2, lam2, sig2, s1, a1):
+    """Root in ``A`` of ``A = t (s_c^2 + c t m^2 rho(A))`` at fixed ``t``, eq. (P.11)."""
+    x0 = t * sc2
+    f0 = _inner_residual(x0, t, m2, sc2, chat, p, nu2, lam2, sig2, s1, a1)
+    if f0 >= 0.0:
+        return x0, 0
+    x1 = x0 - f0  # exact if rho does not change between the two ends
+    f1 = _inner_residual(x1, t, m2, sc2, chat, p, nu2, lam2, sig2, s1, a1)
+    n = 0
+    while f1 < 0.0:
+        x0, f0 = x1, f1
+        x1 = 2.0 * x1
+        f1 = _inner_residual(x1, t, m2, sc2, chat, p, nu2, lam2, sig2, s1, a1)
+        n += 1
+        if n > 2000 or not math.isfinite(f1):
+            return x1, 2
+    if f1 == 0.0:
+        return x1, 0
+    for _ in range(_MAXIT):
+        x = _secant(x0, x1, f0, f1)
+        fx = _inner_residual(x, t, m2, sc2, chat, p, nu2, lam2, sig2, s1, a1)
+        if fx == 0.0 or abs(x - x1) <= _XTOL * x:
+            return x, 0
+        x0, x1, f0, f1 = _ab_update(x0, x1, f0, f1, x, fx)
+    return x1, 2
+
+
+@nb.njit(cache=True)
+def _outer_residual(t, m2, sc2, chat, p, nu2, lam2, sig2, s1, a1):
+    A, st = _solve_A(t, m2, sc2, chat, p, nu2, lam2, sig2, s1, a1)
+    M = t * m2
+    err, kap, rho = _target_point(A + M * s1, M * (a1 - s1), p, nu2, lam2, sig2, s1, a1)
+    return 1.0 - 1.0 / t - chat * kap, A, st
+
+
+@nb.njit(cache=True)
+def _solve_joint(m2, sc2, chat, p, nu2, lam2, sig2, s1, a1):
+    """``(t, A, status)`` of the target system (P.11): ``t = 1/(1 - c kappa)`` on ``t >= 1``."""
+    if chat == 0.0:
+        A, st = _solve_A(1.0, m2, sc2, chat, p, nu2, lam2, sig2, s1, a1)
+        return 1.0, A, st
+    x0 = 1.0
+    f0, A, st = _outer_residual(x0, m2, sc2, chat, p, nu2, lam2, sig2, s1, a1)
+    if st != 0:
+        return x0, A, st
+    if f0 >= 0.0:
+        return x0, A, 0
+    x1 = 2.0
+    f1, A, st = _outer_residual(x1, m2, sc2, chat, p, nu2, lam2, sig2, s1, a1)
+    n = 0
+    while f1 < 0.0:
+        if st != 0:
+            return x1, A, st
+        x0, f0 = x1, f1
+        x1 = 2.0 * x1
+        f1, A, st = _outer_residual(x1, m2, sc2, chat, p, nu2, lam2, sig2, s1, a1)
+        n += 1
+        if n > 2000 or not math.isfinite(f1):
+            return x1, A, 3
+    if st != 0:
+        return x1, A, st
+    if f1 == 0.0:
+        return x1, A, 0
+    for _ in range(_MAXIT):
+        x = _secant(x0, x1, f0, f1)
+        fx, A, st = _outer_residual(x, m2, sc2, chat, p, nu2, lam2, sig2, s1, a1)
+        if st != 0:
+            return x, A, st
+        if fx == 0.0 or abs(x - x1) <= _XTOL * x:
+            return x, A, 0
+        x0, x1, f0, f1 = _ab_update(x0, x1, f0, f1, x, fx)
+    return x1, A, 3
+
+
+@nb.njit(cache=True)
+def _point(code, nu1, nu2, alpha, g1, g2, lam1, lam2, T1, T2, delta, sig1, sig2):
+    """Target error of one parameter point; ``(error, t, A, M, status)``."""
+    if code == 0:
+        # Scratch is the single-task theory on the target, eq. (P.6) with the target's parameters.
+        a2, st = _solve_amplitude(nu2, g2, lam2, T2, sig2)
+        return _ridge_err(lam2 / a2, nu2, sig2), a2 * lam2 / T2, a2, 0.0, st
+    a1, s1, cos1, err1, st = _source(nu1, g1, lam1, T1, sig1)
+    if st != 0:
+        return np.nan, np.nan, np.nan, np.nan, st
+    p = alpha * cos1
+    if code == 1 or math.isinf(delta):
+        err, kap, rho = _target_point(s1, a1 - s1, p, nu2, lam2, sig2, s1, a1)
+        return err, 1.0, 0.0, 1.0, 0
+    m = delta / (lam2 + delta)
+    m2 = m * m
+    sc2 = T2 / (lam2 + delta)
+    chat = g2 * g2 * lam2 / (nu2 * (lam2 + delta))
+    t, A, st = _solve_joint(m2, sc2, chat, p, nu2, lam2, sig2, s1, a1)
+    M = t * m2
+    err, kap, rho = _target_point(A + M * s1, M * (a1 - s1), p, nu2, lam2, sig2, s1, a1)
+    return err, t, A, M, st
+
+
+@nb.njit(parallel=True, cache=True)
+def _target_kernel(code, nu1, nu2, alpha, g1, g2, lam1, lam2, T1, T2, delta, sig1, sig2, out, status):
+    for i in nb.prange(out.shape[0]):
+        e, t, A, M, st = _point(code, nu1[i], nu2[i], alpha[i], g1[i], g2[i], lam1[i], lam2[i], T1[i], T2[i],
+                                delta[i], sig1[i], sig2[i])
+        out[i, 0] = e
+        out[i, 1] = t
+        out[i, 2] = A
+        out[i, 3] = M
+        status[i] = st
+
+
+@nb.njit(parallel=True, cache=True)
+def _gain_kernel(code, nu1, nu2, alpha, g1, g2, lam1, lam2, T1, T2, delta, sig1, sig2, out, status):
+    """Scratch and transfer errors together (the phase-diagram hot loop)."""
+    for i in nb.prange(out.shape[0]):
+        e0, t, A, M, st0 = _point(0, nu1[i], nu2[i], alpha[i], g1[i], g2[i], lam1[i], lam2[i], T1[i], T2[i],
+                                  delta[i], sig1[i], sig2[i])
+        e1, t, A, M, st1 = _point(code, nu1[i], nu2[i], alpha[i], g1[i], g2[i], lam1[i], lam2[i], T1[i], T2[i],
+                                  delta[i], sig1[i], sig2[i])
+        out[i, 0] = e0
+        out[i, 1] = e1
+        status[i] = st0 if st0 != 0 else st1
+
+
+@nb.njit(parallel=True, cache=True)
+def _source_kernel(nu, g, lam, T, sig, out, status):
+    for i in nb.prange(out.shape[0]):
+        a, s1, cos1, err, st = _source(nu[i], g[i], lam[i], T[i], sig[i])
+        out[i, 0] = a
+        out[i, 1] = s1
+        out[i, 2] = cos1
+        out[i, 3] = err
+        status[i] = st
+
+
+# ------------------------------------------------------------------------------------------------
+# Python layer: validation, broadcasting, errors
+# ------------------------------------------------------------------------------------------------
+
+
+def _check_array(name, value):
+    low, low_open, high, allow_inf = _RANGES[name]
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a real number or array, got {value!r}")
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number or array of reals, got {value!r}") from None
+    if np.any(np.isnan(arr)):
+        raise ValueError(f"{name} contains nan")
+    if not allow_inf and np.any(np.isinf(arr)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    rng = (f"({low}, " if low_open else f"[{low}, ") + (f"{high}]" if high is not None else "inf" + (
+        "]" if allow_inf else ")"))
+    bad = (arr <= low) if low_open else (arr < low)
+    if high is not None:
+        bad = bad | (arr > high)
+    if np.any(bad):
+        first = arr[bad].flat[0]
+        raise ValueError(f"{name} must lie in {rng}, got {first!r}")
+    return arr
+
+
+def _status_error(status, arrays, what):
+    bad = np.flatnonzero(status)
+    i = int(bad[0])
+    point = ", ".join(f"{k}={arrays[k][i]:g}" for k in arrays)
+    stage = {1: "source amplitude a1 (eq. P.6)", 2: "target amplitude A (eq. P.11)",
+             3: "target factor t = 1/(1 - c kappa) (eq. P.11)"}.get(int(status[i]), "?")
+    raise ConvergenceError(f"{what}: the root finder for the {stage} failed at {len(bad)} of {status.size} "
+                           f"points; first at {point}")
+
+
+def _setting_code(setting):
+    if not isinstance(setting, str) or setting not in _SETTING_CODE:
+        raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
+    return _SETTING_CODE[setting]
+
+
+def _broadcast(named: dict):
+    arrays = {k: _check_array(k, v) for k, v in named.items()}
+    try:
+        shape = np.broadcast_shapes(*(a.shape for a in arrays.values()))
+    except ValueError:
+        shapes = ", ".join(f"{k}{a.shape}" for k, a in arrays.items())
+        raise ValueError(f"parameter arrays do not broadcast together: {shapes}") from None
+    flat = {k: np.ascontiguousarray(np.broadcast_to(a, shape).reshape(-1)) for k, a in arrays.items()}
+    return shape, flat
+
+
+def _shape_out(x, shape):
+    return float(x.reshape(())) if shape == () else x.reshape(shape)
+
+
+def _coupling_for(setting, coupling):
+    if setting == "joint":
+        if coupling is None:
+            raise ValueError("coupling (delta, in [0, inf]) is required for setting='joint'")
+        return coupling
+    if coupling is not None:
+        raise ValueError(f"coupling is only used by setting='joint' (setting={setting!r} fixes delta = "
+                         f"{'0' if setting == 'scratch' else 'inf'}); leave it as None")
+    return 0.0 if setting == "scratch" else np.inf
+
+
+def _run(setting, kw, *, full=False):
+    code = _setting_code(setting)
+    kw = dict(kw)
+    kw["coupling"] = _coupling_for(setting, kw["coupling"])
+    shape, flat = _broadcast({k: kw[k] for k in PARAMETERS})
+    n = int(np.prod(shape, dtype=np.int64))
+    out = np.empty((n, 4))
+    status = np.zeros(n, dtype=np.int64)
+    _target_kernel(code, *(flat[k] for k in PARAMETERS), out, status)
+    if np.any(status):
+        _status_error(status, flat, f"target_error(setting={setting!r})")
+    if full:
+        return shape, out
+    return _shape_out(out[:, 0], shape)
+
+
+def mp_resolvent(r, nu):
+    """Marchenko-Pastur resolvent ``G_nu(r) = lim tr(X^T X/D + r)^-1 / D`` and ``-dG/dr``.
+
+    docs/proportional.md, eqs. (P.2)-(P.3). ``X`` is ``P x D`` standard Gaussian with ``P = nu D``.
+
+    Parameters
+    ----------
+    r : array_like, > 0
+        Ridge.
+    nu : array_like, > 0
+        Samples per dimension.
+
+    Returns
+    -------
+    G, dG : ndarray
+        ``G`` and ``G' = -dG/dr`` (broadcast shapes).
+    """
+    r = np.asarray(r, dtype=np.float64)
+    nu = np.asarray(nu, dtype=np.float64)
+    if np.any(~(r > 0)) or np.any(~np.isfinite(r)):
+        raise ValueError("r must be finite and > 0")
+    if np.any(~(nu > 0)) or np.any(~np.isfinite(nu)):
+        raise ValueError("nu must be finite and > 0")
+    b = r + nu - 1.0
+    disc = np.sqrt(b * b + 4.0 * r)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        G = np.where(b > 0, 2.0 / (b + disc), (disc - b) / (2.0 * r))
+    return G, G * (1.0 + G) / disc
+
+
+def ridge_error(r, nu, sigma=0.0):
+    """Test error (against the noiseless teacher) of ridge regression with ridge ``r``, eq. (P.5).
+
+    ``w_hat = (X^T X/D + r)^-1 X^T y/sqrt(D)`` on ``P = nu D`` samples of ``y = beta.x/sqrt(D) +
+    sigma eps``, ``|beta|^2 = D``; returns ``lim |w_hat - beta|^2/D = r^2 G' + sigma^2 (G - r G')``.
+    Kernel ridge regression with kernel ``c K`` and ridge ``lam`` is the case ``r = lam/c``.
+    """
+    G, Gp = mp_resolvent(r, nu)
+    sigma = _check_array("sigma2", sigma)
+    r = np.asarray(r, dtype=np.float64)
+    nu = np.asarray(nu, dtype=np.float64)
+    # G - r G' = nu G'/(1 + G)^2 (eq. P.3): no cancellation as r -> 0
+    return r**2 * Gp + sigma**2 * nu * Gp / (1.0 + G) ** 2
+
+
+class SourceState(NamedTuple):
+    """The source's learned weight covariance ``Sigma1 = s1^2 (I - u u^T) + amplitude u u^T``.
+
+    Attributes
+    ----------
+    amplitude : ndarray
+        ``a1``: the variance of the weights along the spike ``u`` (eq. P.6); the bulk variance is
+        ``s1^2 = T1/lam1``.
+    spike : ndarray
+        ``a1 - s1^2``: the excess variance along the spike (0 without feature learning).
+    overlap : ndarray
+        ``cos(theta1) = u.beta1/|beta1|``: alignment of the spike with the source teacher (eq. P.7).
+    chi : ndarray
+        ``chi1 = 1 - s1^2/a1`` (< 1: the tilt normalises).
+    effective_ridge : ndarray
+        ``lam1/a1``: the source predictor is ridge regression with this ridge (docs/theory.md, eq. (2.10)).
+    error : ndarray
+        Source test error against the noiseless source teacher.
+    """
+
+    amplitude: np.ndarray
+    spike: np.ndarray
+    overlap: np.ndarray
+    chi: np.ndarray
+    effective_ridge: np.ndarray
+    error: np.ndarray
+
+
+def source_state(*, nu1, g1, lam1, T1, sigma1=0.0) -> SourceState:
+    """Spike size and overlap of the source's learned weight covariance in the proportional limit.
+
+    docs/proportional.md, eqs. (P.6)-(P.7); ``gamma1 = g1/sqrt(P1)``. Arguments broadcast.
+
+    Parameters
+    ----------
+    nu1 : array_like, > 0
+        ``P1/D``.
+    g1 : array_like, >= 0
+        Rescaled feature-learning strength, ``gamma1 = g1/sqrt(P1)``.
+    lam1, T1 : array_like, > 0
+        Weight decay and temperature of source training.
+    sigma1 : array_like, >= 0
+        Label-noise standard deviation of the source teacher.
+
+    Returns
+    -------
+    SourceState
+    """
+    shape, flat = _broadcast(dict(nu1=nu1, g1=g1, lam1=lam1, T1=T1, sigma1=sigma1))
+    n = int(np.prod(shape, dtype=np.int64))
+    out = np.empty((n, 4))
+    status = np.zeros(n, dtype=np.int64)
+    _source_kernel(flat["nu1"], flat["g1"], flat["lam1"], flat["T1"], flat["sigma1"], out, status)
+    if np.any(status):
+        _status_error(status, flat, "source_state")
+    a, s1, cos1, err = out.T
+    return SourceState(
+        amplitude=_shape_out(a, shape),
+        spike=_shape_out(a - s1, shape),
+        overlap=_shape_out(cos1, shape),
+        chi=_shape_out(1.0 - s1 / a, shape),
+        effective_ridge=_shape_out(flat["lam1"] / a, shape),
+        error=_shape_out(err, shape),
+    )
+
+
+def target_error(setting, *, nu1, nu2, alpha, g1, g2, lam1, lam2, T1, T2, coupling=None, sigma1=0.0,
+                 sigma2=0.0):
+    """Target test error in the proportional limit, against the noiseless target teacher.
+
+    docs/proportional.md, eqs. (P.8)-(P.12), the ``D -> infinity`` limit of docs/theory.md eqs.
+    (3.4)-(3.6) with ``P_k = nu_k D`` and ``gamma_k = g_k/sqrt(P_k)``. All numeric arguments broadcast
+    against each other (NumPy rules); a scalar is returned when all are scalars.
+
+    Parameters
+    ----------
+    setting : {"scratch", "finetune", "joint"}
+        ``"scratch"``: target trained alone (``delta = 0``); ``"finetune"``: readout trained on frozen
+        source features (``delta = inf``); ``"joint"``: jointly rich training with coupling
+        ``coupling``.
+    nu1, nu2 : array_like, > 0
+        Samples per input dimension of source and target.
+    alpha : array_like, in [-1, 1]
+        Teacher alignment ``beta1.beta2/D``.
+    g1, g2 : array_like, >= 0
+        Rescaled feature-learning strengths, ``gamma_k = g_k/sqrt(P_k)``.
+    lam1, lam2, T1, T2 : array_like, > 0
+        Weight decays and temperatures.
+    coupling : array_like in [0, inf], optional
+        Elastic coupling ``delta``; required for ``"joint"``, must be omitted otherwise.
+    sigma1, sigma2 : array_like, >= 0
+        Label-noise standard deviations.
+
+    Returns
+    -------
+    float or ndarray
+        ``lim |w_hat2 - beta2|^2/D`` = ``E_x (f2(x) - beta2.x/sqrt(D))^2``.
+
+    Raises
+    ------
+    ValueError
+        A parameter outside its range, or shapes that do not broadcast.
+    ConvergenceError
+        A scalar root finder failed (names the first failing point).
+    """
+    kw = dict(nu1=nu1, nu2=nu2, alpha=alpha, g1=g1, g2=g2, lam1=lam1, lam2=lam2, T1=T1, T2=T2,
+              coupling=coupling, sigma1=sigma1, sigma2=sigma2)
+    return _run(setting, kw)
+
+
+def target_scalars(setting, **kw):
+    """``(error, t, A, M)`` of :func:`target_error`: the order parameters of eq. (P.11).
+
+    ``t = 1/(1 - c kappa)``, ``A``, ``M = t m^2`` as in docs/theory.md eq. (3.5) (for ``"scratch"``:
+    ``t = a2/s2^2``, ``A = a2``, ``M = 0``; for ``"finetune"``: ``t = 1``, ``A = 0``, ``M = 1``).
+    Same keywords as :func:`target_error`; returns a tuple of arrays of the broadcast shape.
+    """
+    full = dict(coupling=None, sigma1=0.0, sigma2=0.0)
+    full.update(kw)
+    missing = [k for k in PARAMETERS if k not in full]
+    if missing:
+        raise ValueError(f"missing parameters: {missing}")
+    shape, out = _run(setting, full, full=True)
+    return tuple(_shape_out(out[:, j].copy(), shape) for j in range(4))
+
+
+def transfer_gain(setting, **kw):
+    """Scratch error minus transfer error (positive = positive transfer); keywords of :func:`target_error`."""
+    if setting == "scratch":
+        raise ValueError("setting must be 'finetune' or 'joint' for a transfer gain")
+    kw_s = dict(kw)
+    kw_s["coupling"] = None
+    return target_error("scratch", **kw_s) - target_error(setting, **kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# Phase diagrams
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PhaseDiagram:
+    """Transfer gain over a 2-D grid of two parameters.
+
+    Attributes
+    ----------
+    x_name, y_name : str
+        Parameter names on the axes.
+    x, y : ndarray
+        Grid values, shapes ``(nx,)`` and ``(ny,)``.
+    gain : ndarray
+        ``scratch_error - transfer_error``, shape ``(ny, nx)``.
+    transfer_error, scratch_error : ndarray
+        Shape ``(ny, nx)``.
+    boundary : list of ndarray
+        The ``gain = 0`` level set (positive vs negative transfer) as polylines, each of shape
+        ``(k, 2)`` with columns ``(x, y)``.
+    setting : str
+        ``"finetune"`` or ``"joint"``.
+    params : dict
+        The fixed values of the other parameters.
+    """
+
+    x_name: str
+    y_name: str
+    x: np.ndarray
+    y: np.ndarray
+    gain: np.ndarray
+    transfer_error: np.ndarray
+    scratch_error: np.ndarray
+    boundary: list = field(default_factory=list)
+    setting: str = "finetune"
+    params: dict = field(default_factory=dict)
+
+    def plot(self, path=None, *, ax=None, xscale="auto", yscale="auto", title=None):
+        """Plot with :func:`symtransfer.plotting.plot_phase_diagram`; returns the figure."""
+        from ..plotting import plot_phase_diagram
+
+        return plot_phase_diagram(self, path=path, ax=ax, xscale=xscale, yscale=yscale, title=title)
+
+
+_DEFAULT_AXES = {
+    "alpha": lambda n: np.linspace(0.0, 1.0, n),
+    "nu1": lambda n: np.geomspace(0.1, 10.0, n),
+    "nu2": lambda n: np.geomspace(0.1, 10.0, n),
+    "g1": lambda n: np.linspace(0.0, 5.0, n),
+    "g2": lambda n: np.linspace(0.0, 5.0, n),
+    "lam1": lambda n: np.geomspace(0.01, 10.0, n),
+    "lam2": lambda n: np.geomspace(0.01, 10.0, n),
+    "T1": lambda n: np.geomspace(0.01, 10.0, n),
+    "T2": lambda n: np.geomspace(0.01, 10.0, n),
+    "coupling": lambda n: np.geomspace(0.01, 100.0, n),
+    "sigma1": lambda n: np.linspace(0.0, 2.0, n),
+    "sigma2": lambda n: np.linspace(0.0, 2.0, n),
+}
+
+
+def zero_level_lines(x, y, z):
+    """Polylines of ``z = 0`` on the grid ``z[j, i] = f(x[i], y[j])`` (marching squares via contourpy)."""
+    import contourpy
+
+    gen = contourpy.contour_generator(np.asarray(x, float), np.asarray(y, float), np.asarray(z, float),
+                                      line_type=contourpy.LineType.Separate)
+    return [np.asarray(seg, dtype=np.float64) for seg in gen.lines(0.0)]
+
+
+def phase_diagram(x="alpha", y="nu2", *, x_values=None, y_values=None, n=100, setting="finetune",
+                  **params) -> PhaseDiagram:
+    """Transfer gain ``E_scratch - E_transfer`` over a grid of two parameters, with its zero line.
+
+    docs/proportional.md, section P.5.
+
+    Parameters
+    ----------
+    x, y : str
+        Names of the two parameters on the axes (any of :data:`PARAMETERS`, distinct).
+    x_values, y_values : array_like, optional
+        Grid values (1-D, strictly monotone); defaults to ``n`` points of a standard range
+        (``alpha`` in [0, 1], ``nu`` log-spaced in [0.1, 10], ...).
+    n : int
+        Points per axis when values are not given.
+    setting : {"finetune", "joint"}
+        The transfer protocol compared with training from scratch.
+    **params
+        Values of the remaining parameters (scalars); missing ones take :data:`DEFAULT_PARAMETERS`.
+        For ``"finetune"`` the coupling is ignored.
+
+    Returns
+    -------
+    PhaseDiagram
+    """
+    if setting not in ("finetune", "joint"):
+        raise ValueError(f"setting must be 'finetune' or 'joint', got {setting!r}")
+    for name, val in (("x", x), ("y", y)):
+        if val not in PARAMETERS:
+            raise ValueError(f"{name} must be one of {PARAMETERS}, got {val!r}")
+    if x == y:
+        raise ValueError(f"x and y must be different parameters, both are {x!r}")
+    if setting == "finetune" and "coupling" in (x, y):
+        raise ValueError("coupling cannot be an axis for setting='finetune' (delta = inf); use 'joint'")
+    unknown = set(params) - set(PARAMETERS)
+    if unknown:
+        raise ValueError(f"unknown parameters {sorted(unknown)}; accepted: {PARAMETERS}")
+    for name in (x, y):
+        if name in params:
+            raise ValueError(f"{name} is an axis; give its grid as x_values/y_values, not as a parameter")
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 2:
+        raise ValueError(f"n must be an integer >= 2, got {n!r}")
+
+    def axis(name, values, label):
+        vals = _DEFAULT_AXES[name](int(n)) if values is None else np.asarray(values, dtype=np.float64)
+        if vals.ndim != 1 or vals.size < 2:
+            raise ValueError(f"{label} must be a 1-D array with at least 2 values")
+        d = np.diff(vals)
+        if not (np.all(d > 0) or np.all(d < 0)):
+            raise ValueError(f"{label} must be strictly monotone")
+        _check_array(name, vals)
+        return vals
+
+    xv = axis(x, x_values, "x_values")
+    yv = axis(y, y_values, "y_values")
+    full = dict(DEFAULT_PARAMETERS)
+    full.update(params)
+    for k, v in full.items():
+        if np.ndim(v) != 0:
+            raise ValueError(f"{k} must be a scalar in a phase diagram (only the axes vary), got shape "
+                             f"{np.shape(v)}")
+    full[x] = xv[None, :]
+    full[y] = yv[:, None]
+    code = _SETTING_CODE[setting]
+    if setting == "finetune":
+        full["coupling"] = np.inf
+    shape, flat = _broadcast({k: full[k] for k in PARAMETERS})
+    npts = int(np.prod(shape, dtype=np.int64))
+    out = np.empty((npts, 2))
+    status = np.zeros(npts, dtype=np.int64)
+    _gain_kernel(code, *(flat[k] for k in PARAMETERS), out, status)
+    if np.any(status):
+        _status_error(status, flat, f"phase_diagram(setting={setting!r})")
+    scratch = out[:, 0].reshape(shape)
+    transfer = out[:, 1].reshape(shape)
+    gain = scratch - transfer
+    fixed = {k: float(v) for k, v in full.items() if k not in (x, y)}
+    if setting == "finetune":
+        fixed.pop("coupling", None)
+    return PhaseDiagram(x_name=x, y_name=y, x=xv, y=yv, gain=gain, transfer_error=transfer,
+                        scratch_error=scratch, boundary=zero_level_lines(xv, yv, gain), setting=setting,
+                        params=fixed)
+
+
+def _join_lines(lines):
+    """Polylines as one ``(k, 2)`` array with rows of nan between pieces (loadable without pickle)."""
+    if not lines:
+        return np.empty((0, 2))
+    sep = np.full((1, 2), np.nan)
+    parts = []
+    for i, seg in enumerate(lines):
+        if i:
+            parts.append(sep)
+        parts.append(seg)
+    return np.concatenate(parts)
+
+
+def _load_config(path):
+    import json
+    import pathlib
+
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise ValueError(f"config file {str(p)!r} does not exist")
+    text = p.read_bytes()
+    if p.suffix.lower() == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"config {str(p)!r} is not valid JSON: {exc}") from None
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib
+    try:
+        return tomllib.loads(text.decode())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config {str(p)!r} is not valid TOML: {exc}") from None
+
+
+def _grid_from_config(spec, name):
+    if spec is None:
+        return None
+    if isinstance(spec, (list, tuple)):
+        return np.asarray(spec, dtype=np.float64)
+    if isinstance(spec, dict):
+        allowed = {"start", "stop", "num", "scale"}
+        extra = set(spec) - allowed
+        if extra:
+            raise ValueError(f"{name}: unknown keys {sorted(extra)}; accepted {sorted(allowed)}")
+        try:
+            start, stop = float(spec["start"]), float(spec["stop"])
+        except KeyError as exc:
+            raise ValueError(f"{name} needs 'start' and 'stop'") from None
+        num = spec.get("num", 100)
+        if not isinstance(num, int) or num < 2:
+            raise ValueError(f"{name}.num must be an integer >= 2, got {num!r}")
+        scale = spec.get("scale", "linear")
+        if scale == "linear":
+            return np.linspace(start, stop, num)
+        if scale == "log":
+            if not (start > 0 and stop > 0):
+                raise ValueError(f"{name}: a log grid needs start, stop > 0")
+            return np.geomspace(start, stop, num)
+        raise ValueError(f"{name}.scale must be 'linear' or 'log', got {scale!r}")
+    raise ValueError(f"{name} must be a list of values or a table {{start, stop, num, scale}}, got {spec!r}")
+
+
+def phase_diagram_cli(config_path, out_path):
+    """Compute a phase diagram from a TOML/JSON config and save the figure (format from the suffix).
+
+    Backs ``symtransfer phase-diagram --config FILE --out FIG``. Config keys (all optional)::
+
+        setting = "finetune"            # or "joint"
+        x = "alpha"                      # axis parameter names
+        y = "nu2"
+        n = 100                          # points per axis for default grids
+        x_values = [0.0, 0.5, 1.0]       # or a table:  [x_grid] start=0 stop=1 num=100 scale="linear"
+        y_grid = {start = 0.1, stop = 10.0, num = 100, scale = "log"}
+        arrays = "diagram.npz"           # also save x, y, gain, errors, boundary
+        title = "..."
+        [params]                         # fixed values of the other parameters
+        nu1 = 4.0
+
+    Returns
+    -------
+    PhaseDiagram
+    """
+    import pathlib
+
+    cfg = _load_config(config_path)
+    if not isinstance(cfg, dict):
+        raise ValueError("config must be a table/object at top level")
+    allowed = {"setting", "x", "y", "n", "x_values", "y_values", "x_grid", "y_grid", "params", "arrays",
+               "title", "xscale", "yscale"}
+    extra = set(cfg) - allowed
+    if extra:
+        raise ValueError(f"unknown config keys {sorted(extra)}; accepted {sorted(allowed)}")
+    xv = _grid_from_config(cfg.get("x_values", cfg.get("x_grid")), "x_values")
+    yv = _grid_from_config(cfg.get("y_values", cfg.get("y_grid")), "y_values")
+    params = cfg.get("params", {})
+    if not isinstance(params, dict):
+        raise ValueError("params must be a table of parameter values")
+    if isinstance(params.get("coupling"), str):
+        params["coupling"] = float(params["coupling"])  # JSON has no inf literal: allow "inf"
+    diag = phase_diagram(cfg.get("x", "alpha"), cfg.get("y", "nu2"), x_values=xv, y_values=yv,
+                         n=cfg.get("n", 100), setting=cfg.get("setting", "finetune"), **params)
+    out = pathlib.Path(out_path)
+    if out.suffix.lower().lstrip(".") not in ("png", "pdf", "svg"):
+        raise ValueError(f"out_path must end in .png, .pdf or .svg, got {str(out)!r}")
+    diag.plot(out, xscale=cfg.get("xscale", "auto"), yscale=cfg.get("yscale", "auto"), title=cfg.get("title"))
+    if "arrays" in cfg:
+        arrays_path = pathlib.Path(cfg["arrays"])
+        if not arrays_path.is_absolute():
+            arrays_path = out.parent / arrays_path
+        np.savez(arrays_path, x=diag.x, y=diag.y, gain=diag.gain, transfer_error=diag.transfer_error,
+                 scratch_error=diag.scratch_error, boundary=_join_lines(diag.boundary))
+    g = diag.gain
+    print(f"phase diagram ({diag.setting} vs scratch): {diag.y_name} x {diag.x_name} = {g.shape[0]} x {g.shape[1]}, "
+          f"gain in [{g.min():.4g}, {g.max():.4g}], positive transfer on {np.mean(g > 0):.0%} of the grid, "
+          f"{len(diag.boundary)} gain = 0 line(s); figure written to {out}")
+    return diag

@@ -2,9 +2,11 @@
 
 from .activations import Activation, available_activations, get_activation, register_activation
 from .errors import ConvergenceError, DivergenceError, NoSaddlePointError, SymtransferError
+from .experiments import TransferTable, compare_transfer, kernel_alignment
 from .sim import WideNetwork
 from .symbolic import SaddlePointSystem, derive
 from .tasks import HermiteTeacher, Task, TransferPair, make_task, make_transfer_pair
+from .theory.dmft import GradientFlowDMFT, StepSizeError
 from .theory.linear import LinearTheory, LinearTransferTheory
 from .theory.proportional import PhaseDiagram, SourceState, phase_diagram, source_state, target_error, transfer_gain
 
@@ -20,6 +22,11 @@ __all__ = [
     "NoSaddlePointError",
     "SymtransferError",
     "WideNetwork",
+    "GradientFlowDMFT",
+    "StepSizeError",
+    "compare_transfer",
+    "TransferTable",
+    "kernel_alignment",
     "SaddlePointSystem",
     "derive",
     "HermiteTeacher",

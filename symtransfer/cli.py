@@ -4,6 +4,7 @@ Commands
 --------
 demo        small end-to-end run: pretraining, then scratch / fine-tuning / coupled, theory next to simulation
 simulate    run simulations described by a TOML or JSON config and write the results as JSON
+compare     scratch / fine-tuning / jointly rich on one task pair, by theory, gradient flow or simulation
 phase-diagram  transfer gain of the proportional-limit linear theory over a grid, plotted
 derive      mean-field action and saddle-point equations of an activation/setting (text, Markdown, LaTeX)
 """
@@ -134,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="-", help="output JSON file (default: standard output)")
     p.add_argument("--progress", action="store_true", help="show progress bars")
 
+    p = sub.add_parser("compare", help="table of scratch / finetune / joint target errors and transfer gains")
+    p.add_argument("--config", required=True, help="TOML or JSON (see symtransfer.experiments.compare_cli)")
+    p.add_argument("--out", default=None, help="write the table as CSV to this file")
+
     p = sub.add_parser("phase-diagram", help="proportional-limit transfer gain over a grid, with gain = 0 boundary")
     p.add_argument("--config", required=True, help="TOML or JSON (see symtransfer.theory.proportional.phase_diagram_cli)")
     p.add_argument("--out", required=True, help="figure file (.png, .pdf or .svg)")
@@ -163,6 +168,10 @@ def main(argv=None) -> int:
             else:
                 Path(args.out).write_text(text)
                 print(f"wrote {args.out}", file=sys.stderr)
+        elif args.command == "compare":
+            from .experiments import compare_cli
+
+            compare_cli(args.config, args.out)
         elif args.command == "phase-diagram":
             from .theory.proportional import phase_diagram_cli
 

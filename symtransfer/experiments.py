@@ -1,0 +1,338 @@
+"""Transfer protocols: scratch, readout fine-tuning and jointly rich training, side by side.
+
+:func:`compare_transfer` trains a source model and, on the target task, the three settings of
+docs/theory.md section 3 -- training from scratch (the baseline), fine-tuning the readout on the
+source features (``coupling = inf``) and jointly rich training at each finite coupling -- with one of
+three methods that compute the same quantities:
+
+* ``"equilibrium"``: the adaptive-kernel theory (sections 2-3; exact for linear ``phi``);
+* ``"gradient_flow"``: the DMFT population (section 4);
+* ``"simulation"``: finite-width networks (section 1).
+
+It returns a :class:`TransferTable` with one row per setting: target test error (mean over seeds and
+its standard error where the method is stochastic), transfer gain (scratch error minus the row's
+error, paired over seeds) and the kernel-task alignment of the learned target kernel (section 5).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ._validation import check_int, check_real, check_Xy
+from .activations import get_activation
+
+__all__ = ["TransferTable", "compare_transfer", "compare_cli", "kernel_alignment", "METHODS"]
+
+METHODS = ("equilibrium", "gradient_flow", "simulation")
+
+COLUMNS = ("setting", "coupling", "method", "test_error", "test_error_sem", "transfer_gain",
+           "transfer_gain_sem", "alignment", "alignment_sem", "n_seeds")
+
+_DEFAULTS = {
+    "activation": "relu",
+    "couplings": [1.0],
+    "gradient_flow": {"population": 2000, "dt": None, "t_max": 20.0},
+    "simulation": {"width": 1000, "lr": None, "steps": 2000, "average_from": None},
+    "equilibrium": {},
+}
+_HYPER = ("gamma", "weight_decay", "temperature")
+
+
+def kernel_alignment(Phi, y) -> float:
+    """Kernel-task alignment ``A = y^T Phi y / (||Phi||_F ||y||^2)`` (docs/theory.md section 5)."""
+    Phi = np.asarray(Phi, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    if Phi.ndim != 2 or Phi.shape != (y.size, y.size):
+        raise ValueError(f"Phi must be a square matrix of size len(y) = {y.size}, got shape {Phi.shape}")
+    den = np.linalg.norm(Phi) * float(y @ y)
+    if den == 0.0:
+        raise ValueError("alignment is undefined for a zero kernel or zero targets")
+    return float(y @ Phi @ y / den)
+
+
+@dataclass
+class TransferTable:
+    """A tidy table: one dict per row with the keys :data:`COLUMNS`.
+
+    ``to_csv()`` writes CSV (to a path, or returns the text); ``column(name)`` is a NumPy array.
+    """
+
+    rows: list = field(default_factory=list)
+    columns: tuple = COLUMNS
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+    def column(self, name: str) -> np.ndarray:
+        if name not in self.columns:
+            raise ValueError(f"unknown column {name!r}; columns are {', '.join(self.columns)}")
+        vals = [r[name] for r in self.rows]
+        return np.asarray(vals, dtype=object if isinstance(vals[0], str) else np.float64) if vals else np.array([])
+
+    def row(self, setting: str, coupling=None) -> dict:
+        """The row of ``setting`` (and ``coupling`` for ``"joint"`` rows)."""
+        for r in self.rows:
+            if r["setting"] == setting and (coupling is None or r["coupling"] == coupling):
+                return r
+        raise KeyError(f"no row with setting={setting!r}, coupling={coupling!r}")
+
+    def to_csv(self, path=None) -> str:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(self.columns), lineterminator="\n")
+        w.writeheader()
+        for r in self.rows:
+            w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+        text = buf.getvalue()
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    def __str__(self):
+        head = f"{'setting':<9} {'coupling':>9} {'test_error':>22} {'transfer_gain':>22} {'alignment':>9}"
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            err = f"{r['test_error']:.4g} ± {r['test_error_sem']:.2g}"
+            gain = f"{r['transfer_gain']:.4g} ± {r['transfer_gain_sem']:.2g}"
+            lines.append(f"{r['setting']:<9} {r['coupling']:>9.4g} {err:>22} {gain:>22} {r['alignment']:>9.4f}")
+        return "\n".join(lines)
+
+
+def _merge_settings(settings, method):
+    s = json.loads(json.dumps(_DEFAULTS))  # deep copy of plain data
+    settings = {} if settings is None else dict(settings)
+    unknown = set(settings) - {"activation", "couplings", "source", "target", *METHODS}
+    if unknown:
+        raise ValueError(f"settings has unknown keys {sorted(unknown)}; accepted: activation, couplings, "
+                         f"source, target, {', '.join(METHODS)}")
+    for k in ("activation", "couplings"):
+        if k in settings:
+            s[k] = settings[k]
+    for m in METHODS:
+        s[m].update(settings.get(m, {}) or {})
+    default_T = 1.0 if method == "equilibrium" else 0.0
+    for task in ("source", "target"):
+        hp = {"gamma": 1.0, "weight_decay": 1.0, "temperature": default_T}
+        given = settings.get(task, {}) or {}
+        bad = set(given) - set(_HYPER)
+        if bad:
+            raise ValueError(f"settings[{task!r}] has unknown keys {sorted(bad)}; accepted: {', '.join(_HYPER)}")
+        hp.update(given)
+        hp["gamma"] = check_real(f"settings[{task!r}]['gamma']", hp["gamma"], low=0.0, low_open=True)
+        hp["weight_decay"] = check_real(f"settings[{task!r}]['weight_decay']", hp["weight_decay"], low=0.0)
+        hp["temperature"] = check_real(f"settings[{task!r}]['temperature']", hp["temperature"], low=0.0)
+        if method == "equilibrium" and hp["temperature"] <= 0.0:
+            raise ValueError(f"settings[{task!r}]['temperature'] must be > 0 for method='equilibrium' (the "
+                             f"equilibrium theory is a Gibbs measure); use method='gradient_flow' at T = 0")
+        s[task] = hp
+    cps = s["couplings"]
+    if isinstance(cps, (int, float)):
+        cps = [cps]
+    s["couplings"] = [check_real("settings['couplings'] entry", c, low=0.0, low_open=True) for c in cps]
+    s["activation"] = get_activation(s["activation"])
+    return s
+
+
+# --------------------------------------------------------------------------- one seed, each method
+def _run_equilibrium(s, data, seed):
+    X1, y1, X2, y2, Xt, yt = data
+    act = s["activation"]
+    src_hp, tgt_hp = s["source"], s["target"]
+    if act.name == "linear":
+        from .theory.linear import LinearTheory
+
+        def make(hp):
+            return LinearTheory(**hp)
+    else:
+        try:
+            from .theory.adaptive import AdaptiveKernel
+        except ImportError as exc:  # pragma: no cover - depends on the installed modules
+            raise ImportError("method='equilibrium' for nonlinear activations needs symtransfer's "
+                              "AdaptiveKernel") from exc
+
+        def make(hp):
+            return AdaptiveKernel(act, seed=seed, **hp, **s["equilibrium"])
+    src = make(src_hp).fit(X1, y1)
+    out = {"scratch": make(tgt_hp).fit(X2, y2), "finetune": src.transfer(X2, y2, coupling=math.inf, **tgt_hp)}
+    for c in s["couplings"]:
+        out[("joint", c)] = src.transfer(X2, y2, coupling=c, **tgt_hp)
+    return {k: (float(np.mean((m.predict(Xt) - yt) ** 2)), kernel_alignment(m.Phi_, y2)) for k, m in out.items()}
+
+
+def _run_gradient_flow(s, data, seed):
+    from .theory.dmft import GradientFlowDMFT
+
+    X1, y1, X2, y2, Xt, yt = data
+    gf = s["gradient_flow"]
+    common = dict(population=gf["population"], dt=gf["dt"], t_max=gf["t_max"],
+                  **{k: v for k, v in gf.items() if k not in ("population", "dt", "t_max")})
+    src = GradientFlowDMFT(s["activation"], seed=seed, **s["source"], **common).fit(X1, y1, np.vstack([X2, Xt]))
+    # a seed stream disjoint from the source's (seeds are small integers in practice)
+    scratch = GradientFlowDMFT(s["activation"], seed=seed + 7919, **s["target"], **common).fit(X2, y2, Xt)
+    out = {"scratch": scratch, "finetune": src.transfer(X2, y2, Xt, readout_only=True, **s["target"])}
+    for c in s["couplings"]:
+        out[("joint", c)] = src.transfer(X2, y2, Xt, coupling=c, **s["target"])
+    return {k: (m.test_error(Xt, yt), kernel_alignment(m.Phi_, y2)) for k, m in out.items()}
+
+
+def _run_simulation(s, data, seed):
+    from .sim import WideNetwork
+
+    X1, y1, X2, y2, Xt, yt = data
+    sim = dict(s["simulation"])
+    width = sim.pop("width")
+    common = dict(progress=False, **sim)
+    src = WideNetwork(width, s["activation"], seed=seed, **s["source"], **common).fit(X1, y1)
+    scratch = WideNetwork(width, s["activation"], seed=seed + 7919, **s["target"], **common).fit(X2, y2)
+    out = {"scratch": scratch, "finetune": src.transfer(X2, y2, readout_only=True, **s["target"])}
+    for c in s["couplings"]:
+        out[("joint", c)] = src.transfer(X2, y2, coupling=c, **s["target"])
+    return {k: (m.test_error(Xt, yt), kernel_alignment(m.kernel(X2), y2)) for k, m in out.items()}
+
+
+_RUNNERS = {"equilibrium": _run_equilibrium, "gradient_flow": _run_gradient_flow, "simulation": _run_simulation}
+
+
+def _sem(x, stochastic=True):
+    """Standard error over seeds; NaN (unknown) for one run of a stochastic method."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.size > 1:
+        return float(np.std(x, ddof=1) / math.sqrt(x.size))
+    return math.nan if stochastic else 0.0
+
+
+def compare_transfer(source, target, test, settings=None, method="gradient_flow", seeds=(0,)) -> TransferTable:
+    """Target test error of scratch, readout fine-tuning and jointly rich training.
+
+    Parameters
+    ----------
+    source, target, test : tuple (X, y)
+        Source training set, target training set, and held-out target test set.
+    settings : dict, optional
+        ``activation`` (default ``"relu"``); ``couplings`` (list of ``delta`` > 0 for the jointly rich
+        rows, default ``[1.0]``); ``source`` and ``target``: dicts of ``gamma``, ``weight_decay``,
+        ``temperature`` (defaults ``1, 1`` and ``T = 1`` for ``"equilibrium"``, ``T = 0`` otherwise);
+        per-method options: ``gradient_flow`` (``population``, ``dt``, ``t_max``, any other
+        :class:`~symtransfer.theory.dmft.GradientFlowDMFT` argument), ``simulation`` (``width``,
+        ``lr``, ``steps``, ``average_from``, ... of :class:`~symtransfer.sim.WideNetwork`),
+        ``equilibrium`` (extra arguments of ``AdaptiveKernel``, e.g. ``n_samples``).
+    method : {"equilibrium", "gradient_flow", "simulation"}
+    seeds : iterable of int
+        One run per seed; error bars are standard errors over seeds (zero for a deterministic
+        method -- the linear equilibrium theory runs once -- and NaN for a single seed of a
+        stochastic one).
+
+    Returns
+    -------
+    TransferTable
+        Rows ``scratch`` (coupling 0), ``finetune`` (coupling inf), ``joint`` (each coupling);
+        columns :data:`COLUMNS`. ``transfer_gain`` = scratch error - row error (docs/theory.md
+        section 3), paired over seeds; ``alignment`` of the learned target kernel on the target
+        training inputs with ``y2`` (section 5).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    data = []
+    for name, pair in (("source", source), ("target", target), ("test", test)):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise ValueError(f"{name} must be a tuple (X, y)")
+        data.append(check_Xy(pair[0], pair[1], f"{name} X", f"{name} y",
+                             n_features=None if not data else data[0][0].shape[1]))
+    (X1, y1), (X2, y2), (Xt, yt) = data
+    seeds = [check_int("seeds entry", sd, low=0) for sd in (list(seeds) if np.ndim(seeds) else [seeds])]
+    if not seeds:
+        raise ValueError("seeds must contain at least one seed")
+    s = _merge_settings(settings, method)
+    stochastic = not (method == "equilibrium" and s["activation"].name == "linear")
+    if not stochastic:
+        seeds = seeds[:1]  # exact: nothing to average
+    runs = [_RUNNERS[method](s, (X1, y1, X2, y2, Xt, yt), sd) for sd in seeds]
+
+    keys = ["scratch", "finetune"] + [("joint", c) for c in s["couplings"]]
+    rows = []
+    for key in keys:
+        err = np.array([run[key][0] for run in runs])
+        gain = np.array([run["scratch"][0] - run[key][0] for run in runs])
+        align = np.array([run[key][1] for run in runs])
+        setting, coupling = (key, 0.0 if key == "scratch" else math.inf) if isinstance(key, str) else key
+        rows.append({"setting": setting, "coupling": float(coupling), "method": method,
+                     "test_error": float(err.mean()), "test_error_sem": _sem(err, stochastic),
+                     "transfer_gain": float(gain.mean()),
+                     "transfer_gain_sem": _sem(gain, stochastic and key != "scratch"),
+                     "alignment": float(align.mean()), "alignment_sem": _sem(align, stochastic),
+                     "n_seeds": len(runs)})
+    return TransferTable(rows)
+
+
+# --------------------------------------------------------------------------- command line
+def _load_config(path):
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    text = path.read_text()
+    if path.suffix.lower() == ".json":
+        return json.loads(text)
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # pragma: no cover - Python < 3.11
+        import tomli as tomllib
+    return tomllib.loads(text)
+
+
+def _config_data(cfg, base: Path):
+    if ("task" in cfg) == ("data" in cfg):
+        raise ValueError("the config needs exactly one of [task] (a synthetic transfer pair) or "
+                         "[data] (an .npz file with X1, y1, X2, y2, X_test, y_test)")
+    if "data" in cfg:
+        d = cfg["data"]
+        p = Path(d["path"]) if isinstance(d, dict) else Path(d)
+        p = p if p.is_absolute() else base / p
+        z = np.load(p)
+        missing = {"X1", "y1", "X2", "y2", "X_test", "y_test"} - set(z.files)
+        if missing:
+            raise ValueError(f"data file {str(p)!r} lacks arrays {sorted(missing)}")
+        return (z["X1"], z["y1"]), (z["X2"], z["y2"]), (z["X_test"], z["y_test"])
+    from .tasks import make_transfer_pair
+
+    t = dict(cfg["task"])
+    clean = t.pop("clean_test", True)
+    pair = make_transfer_pair(**t)
+    yt = pair.target.y_test_clean if clean else pair.target.y_test
+    return ((pair.source.X_train, pair.source.y_train), (pair.target.X_train, pair.target.y_train),
+            (pair.target.X_test, yt))
+
+
+def compare_cli(config_path, out_path=None) -> TransferTable:
+    """``symtransfer compare --config FILE [--out CSV]``: run :func:`compare_transfer` from a config.
+
+    The config (TOML, or JSON by extension) has top-level ``method`` and ``seeds``, a ``[settings]``
+    table as in :func:`compare_transfer`, and either ``[task]`` -- the arguments of
+    :func:`symtransfer.tasks.make_transfer_pair` (``dim``, ``n_source``, ``n_target``, ``n_test``,
+    ``alpha``, ``teacher``, ``noise_source``, ``noise_target``, ``seed``; test error against the
+    noiseless teacher unless ``clean_test = false``) -- or ``[data] path = "file.npz"`` with arrays
+    ``X1, y1, X2, y2, X_test, y_test``. The table is printed; with ``out_path`` it is also written as
+    CSV.
+    """
+    cfg = _load_config(config_path)
+    unknown = set(cfg) - {"method", "seeds", "settings", "task", "data"}
+    if unknown:
+        raise ValueError(f"config has unknown keys {sorted(unknown)}; accepted: method, seeds, settings, task, data")
+    source, target, test = _config_data(cfg, Path(config_path).resolve().parent)
+    table = compare_transfer(source, target, test, settings=cfg.get("settings"),
+                             method=cfg.get("method", "gradient_flow"), seeds=cfg.get("seeds", [0]))
+    print(table)
+    if out_path is not None:
+        table.to_csv(out_path)
+    return table

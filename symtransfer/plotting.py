@@ -68,7 +68,7 @@ def _save(fig, path):
 
 
 def plot_phase_diagram(diagram, path=None, *, ax=None, xscale="auto", yscale="auto", title=None):
-    """Transfer gain as a diverging colour map with the ``gain = 0`` line (docs/proportional.md, P.5).
+    """Transfer gain as a diverging colour map with the ``gain = 0`` line (docs/theory.md, 6.5).
 
     Parameters
     ----------

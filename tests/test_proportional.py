@@ -1,4 +1,4 @@
-"""Proportional-limit closed forms (docs/proportional.md) against the exact finite-D linear theory.
+"""Proportional-limit closed forms (docs/theory.md, section 6) against the exact finite-D linear theory.
 
 Two finite-D references are used. ``LinearTheory`` (docs/theory.md, eqs. 2.9 and 3.4-3.6) on dense
 Gaussian data is the literal target. For many draws at D up to 2000 the same equations are solved

@@ -1,10 +1,10 @@
-"""Proportional-limit closed forms for linear networks on linear teachers (docs/proportional.md).
+"""Proportional-limit closed forms for linear networks on linear teachers (docs/theory.md).
 
 Inputs ``x ~ N(0, I_D)``, teachers ``y_k = beta_k.x/sqrt(D) + sigma_k eps`` with ``|beta_k|^2 = D``,
 ``beta_2 = alpha beta_1 + sqrt(1 - alpha^2) beta_perp``, ``P_k = nu_k D`` and ``D -> infinity`` with
 ``gamma_k = g_k / sqrt(P_k)``. The exact finite-``D`` theory (docs/theory.md, eqs. (2.9) and
 (3.4)-(3.6)) then reduces to a handful of scalar equations built from one Marchenko-Pastur
-resolvent ``G_nu(r)`` (docs/proportional.md, eqs. (P.1)-(P.12)):
+resolvent ``G_nu(r)`` (docs/theory.md, eqs. (6.1)-(6.12)):
 
 * source: one amplitude ``a1`` (the top eigenvalue of the learned weight covariance; the rest of
   the spectrum stays at ``s1^2 = T1/lam1``) and the overlap ``cos(theta1)`` of the spike with
@@ -82,7 +82,7 @@ _XTOL = 1e-14  # relative tolerance on every scalar unknown
 
 @nb.njit(cache=True)
 def _mp(r, nu):
-    """Marchenko-Pastur scalars at ridge ``r``, docs/proportional.md eqs. (P.2)-(P.4).
+    """Marchenko-Pastur scalars at ridge ``r``, docs/theory.md eqs. (6.2)-(6.4).
 
     Returns ``(G, G', m, V, Sq)``: ``G = tr(S + r)^-1/D`` for ``S = X^T X/D`` with ``P = nu D``,
     ``G' = -dG/dr``, ``m = 1 - r G``, ``V = G - r G'`` and ``Sq = 1 - 2 r G + r^2 G'``, each
@@ -103,14 +103,14 @@ def _mp(r, nu):
 
 @nb.njit(cache=True)
 def _ridge_q(r, nu, sig):
-    """``|w_hat|^2 / D`` of ridge regression with ridge ``r`` on a unit-norm teacher, eq. (P.4)."""
+    """``|w_hat|^2 / D`` of ridge regression with ridge ``r`` on a unit-norm teacher, eq. (6.4)."""
     G, Gp, m, V, Sq = _mp(r, nu)
     return Sq + sig * sig * V
 
 
 @nb.njit(cache=True)
 def _ridge_err(r, nu, sig):
-    """Bias + variance of ridge regression against the noiseless teacher, eq. (P.5)."""
+    """Bias + variance of ridge regression against the noiseless teacher, eq. (6.5)."""
     G, Gp, m, V, Sq = _mp(r, nu)
     return r * r * Gp + sig * sig * V
 
@@ -142,13 +142,13 @@ def _secant(x0, x1, f0, f1):
 
 @nb.njit(cache=True)
 def _amp_residual(a, nu, g2, lam, s2, sig):
-    """``a (1 - chi(a)) - s^2`` of the single-task equation (P.6); increasing on ``chi < 1``."""
+    """``a (1 - chi(a)) - s^2`` of the single-task equation (6.6); increasing on ``chi < 1``."""
     return a - g2 * _ridge_q(lam / a, nu, sig) / (nu * a) - s2
 
 
 @nb.njit(cache=True)
 def _solve_amplitude(nu, g, lam, T, sig):
-    """Root ``a >= s^2`` of eq. (P.6). Returns ``(a, status)``; status 0 = converged."""
+    """Root ``a >= s^2`` of eq. (6.6). Returns ``(a, status)``; status 0 = converged."""
     s2 = T / lam
     g2 = g * g
     if g2 == 0.0:
@@ -181,7 +181,7 @@ def _solve_amplitude(nu, g, lam, T, sig):
 
 @nb.njit(cache=True)
 def _source(nu, g, lam, T, sig):
-    """``(a1, s1^2, cos theta1, source error, status)``, eqs. (P.6)-(P.7)."""
+    """``(a1, s1^2, cos theta1, source error, status)``, eqs. (6.6)-(6.7)."""
     a, status = _solve_amplitude(nu, g, lam, T, sig)
     r = lam / a
     G, Gp, m, V, Sq = _mp(r, nu)
@@ -194,7 +194,7 @@ def _source(nu, g, lam, T, sig):
 def _target_point(c0, c1, p, nu2, lam2, sig2, s1, a1):
     """Ridge with penalty ``lam2 C^-1``, ``C = c0 I + c1 u u^T``, ``u . beta2 / sqrt(D) = p``.
 
-    Returns ``(error, kappa/D, rho/D)``, docs/proportional.md eqs. (P.8)-(P.10): the bulk is
+    Returns ``(error, kappa/D, rho/D)``, docs/theory.md eqs. (6.8)-(6.10): the bulk is
     ridge-regressed with ridge ``r = lam2/c0``, the spike direction with ``r' = lam2/(c0 + c1)``.
     """
     r = lam2 / c0
@@ -221,7 +221,7 @@ def _inner_residual(A, t, m2, sc2, chat, p, nu2, lam2, sig2, s1, a1):
 
 @nb.njit(cache=True)
 def _solve_A(t, m2, sc2, chat, p, nu2, lam2, sig2, s1, a1):
-    """Root in ``A`` of ``A = t (s_c^2 + c t m^2 rho(A))`` at fixed ``t``, eq. (P.11)."""
+    """Root in ``A`` of ``A = t (s_c^2 + c t m^2 rho(A))`` at fixed ``t``, eq. (6.11)."""
     x0 = t * sc2
     f0 = _inner_residual(x0, t, m2, sc2, chat, p, nu2, lam2, sig2, s1, a1)
     if f0 >= 0.0:
@@ -257,7 +257,7 @@ def _outer_residual(t, m2, sc2, chat, p, nu2, lam2, sig2, s1, a1):
 
 @nb.njit(cache=True)
 def _solve_joint(m2, sc2, chat, p, nu2, lam2, sig2, s1, a1):
-    """``(t, A, status)`` of the target system (P.11): ``t = 1/(1 - c kappa)`` on ``t >= 1``."""
+    """``(t, A, status)`` of the target system (6.11): ``t = 1/(1 - c kappa)`` on ``t >= 1``."""
     if chat == 0.0:
         A, st = _solve_A(1.0, m2, sc2, chat, p, nu2, lam2, sig2, s1, a1)
         return 1.0, A, st
@@ -298,7 +298,7 @@ def _solve_joint(m2, sc2, chat, p, nu2, lam2, sig2, s1, a1):
 def _point(code, nu1, nu2, alpha, g1, g2, lam1, lam2, T1, T2, delta, sig1, sig2):
     """Target error of one parameter point; ``(error, t, A, M, status)``."""
     if code == 0:
-        # Scratch is the single-task theory on the target, eq. (P.6) with the target's parameters.
+        # Scratch is the single-task theory on the target, eq. (6.6) with the target's parameters.
         a2, st = _solve_amplitude(nu2, g2, lam2, T2, sig2)
         return _ridge_err(lam2 / a2, nu2, sig2), a2 * lam2 / T2, a2, 0.0, st
     a1, s1, cos1, err1, st = _source(nu1, g1, lam1, T1, sig1)
@@ -386,8 +386,8 @@ def _status_error(status, arrays, what):
     bad = np.flatnonzero(status)
     i = int(bad[0])
     point = ", ".join(f"{k}={arrays[k][i]:g}" for k in arrays)
-    stage = {1: "source amplitude a1 (eq. P.6)", 2: "target amplitude A (eq. P.11)",
-             3: "target factor t = 1/(1 - c kappa) (eq. P.11)"}.get(int(status[i]), "?")
+    stage = {1: "source amplitude a1 (eq. 6.6)", 2: "target amplitude A (eq. 6.11)",
+             3: "target factor t = 1/(1 - c kappa) (eq. 6.11)"}.get(int(status[i]), "?")
     raise ConvergenceError(f"{what}: the root finder for the {stage} failed at {len(bad)} of {status.size} "
                            f"points; first at {point}")
 
@@ -443,7 +443,7 @@ def _run(setting, kw, *, full=False):
 def mp_resolvent(r, nu):
     """Marchenko-Pastur resolvent ``G_nu(r) = lim tr(X^T X/D + r)^-1 / D`` and ``-dG/dr``.
 
-    docs/proportional.md, eqs. (P.2)-(P.3). ``X`` is ``P x D`` standard Gaussian with ``P = nu D``.
+    docs/theory.md, eqs. (6.2)-(6.3). ``X`` is ``P x D`` standard Gaussian with ``P = nu D``.
 
     Parameters
     ----------
@@ -471,7 +471,7 @@ def mp_resolvent(r, nu):
 
 
 def ridge_error(r, nu, sigma=0.0):
-    """Test error (against the noiseless teacher) of ridge regression with ridge ``r``, eq. (P.5).
+    """Test error (against the noiseless teacher) of ridge regression with ridge ``r``, eq. (6.5).
 
     ``w_hat = (X^T X/D + r)^-1 X^T y/sqrt(D)`` on ``P = nu D`` samples of ``y = beta.x/sqrt(D) +
     sigma eps``, ``|beta|^2 = D``; returns ``lim |w_hat - beta|^2/D = r^2 G' + sigma^2 (G - r G')``.
@@ -481,7 +481,7 @@ def ridge_error(r, nu, sigma=0.0):
     sigma = _check_array("sigma2", sigma)
     r = np.asarray(r, dtype=np.float64)
     nu = np.asarray(nu, dtype=np.float64)
-    # G - r G' = nu G'/(1 + G)^2 (eq. P.3): no cancellation as r -> 0
+    # G - r G' = nu G'/(1 + G)^2 (eq. 6.3): no cancellation as r -> 0
     return r**2 * Gp + sigma**2 * nu * Gp / (1.0 + G) ** 2
 
 
@@ -491,12 +491,12 @@ class SourceState(NamedTuple):
     Attributes
     ----------
     amplitude : ndarray
-        ``a1``: the variance of the weights along the spike ``u`` (eq. P.6); the bulk variance is
+        ``a1``: the variance of the weights along the spike ``u`` (eq. 6.6); the bulk variance is
         ``s1^2 = T1/lam1``.
     spike : ndarray
         ``a1 - s1^2``: the excess variance along the spike (0 without feature learning).
     overlap : ndarray
-        ``cos(theta1) = u.beta1/|beta1|``: alignment of the spike with the source teacher (eq. P.7).
+        ``cos(theta1) = u.beta1/|beta1|``: alignment of the spike with the source teacher (eq. 6.7).
     chi : ndarray
         ``chi1 = 1 - s1^2/a1`` (< 1: the tilt normalises).
     effective_ridge : ndarray
@@ -516,7 +516,7 @@ class SourceState(NamedTuple):
 def source_state(*, nu1, g1, lam1, T1, sigma1=0.0) -> SourceState:
     """Spike size and overlap of the source's learned weight covariance in the proportional limit.
 
-    docs/proportional.md, eqs. (P.6)-(P.7); ``gamma1 = g1/sqrt(P1)``. Arguments broadcast.
+    docs/theory.md, eqs. (6.6)-(6.7); ``gamma1 = g1/sqrt(P1)``. Arguments broadcast.
 
     Parameters
     ----------
@@ -555,7 +555,7 @@ def target_error(setting, *, nu1, nu2, alpha, g1, g2, lam1, lam2, T1, T2, coupli
                  sigma2=0.0):
     """Target test error in the proportional limit, against the noiseless target teacher.
 
-    docs/proportional.md, eqs. (P.8)-(P.12), the ``D -> infinity`` limit of docs/theory.md eqs.
+    docs/theory.md, eqs. (6.8)-(6.12), the ``D -> infinity`` limit of docs/theory.md eqs.
     (3.4)-(3.6) with ``P_k = nu_k D`` and ``gamma_k = g_k/sqrt(P_k)``. All numeric arguments broadcast
     against each other (NumPy rules); a scalar is returned when all are scalars.
 
@@ -596,7 +596,7 @@ def target_error(setting, *, nu1, nu2, alpha, g1, g2, lam1, lam2, T1, T2, coupli
 
 
 def target_scalars(setting, **kw):
-    """``(error, t, A, M)`` of :func:`target_error`: the order parameters of eq. (P.11).
+    """``(error, t, A, M)`` of :func:`target_error`: the order parameters of eq. (6.11).
 
     ``t = 1/(1 - c kappa)``, ``A``, ``M = t m^2`` as in docs/theory.md eq. (3.5) (for ``"scratch"``:
     ``t = a2/s2^2``, ``A = a2``, ``M = 0``; for ``"finetune"``: ``t = 1``, ``A = 0``, ``M = 1``).
@@ -695,7 +695,7 @@ def phase_diagram(x="alpha", y="nu2", *, x_values=None, y_values=None, n=100, se
                   **params) -> PhaseDiagram:
     """Transfer gain ``E_scratch - E_transfer`` over a grid of two parameters, with its zero line.
 
-    docs/proportional.md, section P.5.
+    docs/theory.md, section 6.5.
 
     Parameters
     ----------

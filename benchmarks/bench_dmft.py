@@ -71,7 +71,6 @@ def main():
     y = np.sign(X @ beta)
     ye = np.sign(Xe @ beta)
     gamma, lam, dt, steps = 1.0, 1.0, 0.002, args.steps
-    log_every = max(1, steps // 10)
 
     # compile both (small runs), outside the timings
     GradientFlowDMFT("relu", population=8, dt=dt, t_max=2 * dt, early_stop=False).fit(X[:5], y[:5], Xe[:3])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 
 
 def langevin_step_numpy(X, y, W, a, batch, *, lr, gamma, weight_decay, temperature=0.0, coupling=0.0, Wref=None,

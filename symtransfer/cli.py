@@ -17,25 +17,9 @@ import math
 import sys
 from pathlib import Path
 
+from ._config import load_config
+
 __all__ = ["main", "load_config", "simulate_from_config"]
-
-
-def load_config(path) -> dict:
-    """Read a TOML (``.toml``) or JSON (anything else) configuration file into a dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file {str(path)!r} does not exist")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python < 3.11
-                import tomli as tomllib
-            return tomllib.loads(text)
-        return json.loads(text)
-    except Exception as exc:  # parse errors of either format
-        raise ValueError(f"config file {str(path)!r} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {exc}") from exc
 
 
 _TASK_KEYS = {"dim", "n_source", "n_target", "n_test", "alpha", "teacher", "target_teacher", "noise_source",

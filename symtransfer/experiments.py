@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._config import load_config
 from ._validation import check_int, check_real, check_Xy
 from .activations import get_activation
 
@@ -277,20 +278,6 @@ def compare_transfer(source, target, test, settings=None, method="gradient_flow"
 
 
 # --------------------------------------------------------------------------- command line
-def _load_config(path):
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file {str(path)!r} does not exist")
-    text = path.read_text()
-    if path.suffix.lower() == ".json":
-        return json.loads(text)
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # pragma: no cover - Python < 3.11
-        import tomli as tomllib
-    return tomllib.loads(text)
-
-
 def _config_data(cfg, base: Path):
     if ("task" in cfg) == ("data" in cfg):
         raise ValueError("the config needs exactly one of [task] (a synthetic transfer pair) or "
@@ -325,7 +312,7 @@ def compare_cli(config_path, out_path=None) -> TransferTable:
     ``X1, y1, X2, y2, X_test, y_test``. The table is printed; with ``out_path`` it is also written as
     CSV.
     """
-    cfg = _load_config(config_path)
+    cfg = load_config(config_path)
     unknown = set(cfg) - {"method", "seeds", "settings", "task", "data"}
     if unknown:
         raise ValueError(f"config has unknown keys {sorted(unknown)}; accepted: method, seeds, settings, task, data")

@@ -28,6 +28,7 @@ from typing import NamedTuple
 import numba as nb
 import numpy as np
 
+from .._config import load_config
 from ..errors import ConvergenceError
 
 __all__ = [
@@ -788,29 +789,6 @@ def _join_lines(lines):
     return np.concatenate(parts)
 
 
-def _load_config(path):
-    import json
-    import pathlib
-
-    p = pathlib.Path(path)
-    if not p.is_file():
-        raise ValueError(f"config file {str(p)!r} does not exist")
-    text = p.read_bytes()
-    if p.suffix.lower() == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"config {str(p)!r} is not valid JSON: {exc}") from None
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python < 3.11
-        import tomli as tomllib
-    try:
-        return tomllib.loads(text.decode())
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"config {str(p)!r} is not valid TOML: {exc}") from None
-
-
 def _grid_from_config(spec, name):
     if spec is None:
         return None
@@ -823,7 +801,7 @@ def _grid_from_config(spec, name):
             raise ValueError(f"{name}: unknown keys {sorted(extra)}; accepted {sorted(allowed)}")
         try:
             start, stop = float(spec["start"]), float(spec["stop"])
-        except KeyError as exc:
+        except KeyError:
             raise ValueError(f"{name} needs 'start' and 'stop'") from None
         num = spec.get("num", 100)
         if not isinstance(num, int) or num < 2:
@@ -861,7 +839,7 @@ def phase_diagram_cli(config_path, out_path):
     """
     import pathlib
 
-    cfg = _load_config(config_path)
+    cfg = load_config(config_path)
     if not isinstance(cfg, dict):
         raise ValueError("config must be a table/object at top level")
     allowed = {"setting", "x", "y", "n", "x_values", "y_values", "x_grid", "y_grid", "params", "arrays",

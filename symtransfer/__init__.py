@@ -2,8 +2,10 @@
 
 from .activations import Activation, available_activations, get_activation, register_activation
 from .errors import ConvergenceError, DivergenceError, NoSaddlePointError, SymtransferError
+from .datasets import TransferData, digits_transfer, load_task, load_transfer_data
 from .experiments import TransferTable, compare_transfer, kernel_alignment
 from .sim import WideNetwork
+from .sweep import SweepReport, load_results, run_sweep
 from .symbolic import SaddlePointSystem, derive
 from .tasks import HermiteTeacher, Task, TransferPair, make_task, make_transfer_pair
 from .theory.dmft import GradientFlowDMFT, StepSizeError
@@ -28,6 +30,13 @@ __all__ = [
     "TransferTable",
     "kernel_alignment",
     "SaddlePointSystem",
+    "TransferData",
+    "digits_transfer",
+    "load_task",
+    "load_transfer_data",
+    "run_sweep",
+    "load_results",
+    "SweepReport",
     "derive",
     "HermiteTeacher",
     "Task",

@@ -6,6 +6,7 @@ demo        small end-to-end run: pretraining, then scratch / fine-tuning / coup
 simulate    run simulations described by a TOML or JSON config and write the results as JSON
 compare     scratch / fine-tuning / jointly rich on one task pair, by theory, gradient flow or simulation
 phase-diagram  transfer gain of the proportional-limit linear theory over a grid, plotted
+sweep       a grid of parameters x seeds x methods, stored point by point in SQLite (resumable)
 derive      mean-field action and saddle-point equations of an activation/setting (text, Markdown, LaTeX)
 """
 
@@ -127,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="TOML or JSON (see symtransfer.theory.proportional.phase_diagram_cli)")
     p.add_argument("--out", required=True, help="figure file (.png, .pdf or .svg)")
 
+    p = sub.add_parser("sweep", help="resumable parameter sweep stored in SQLite (local processes or Dask)")
+    p.add_argument("--config", required=True, help="TOML or JSON (see symtransfer.sweep.sweep_cli)")
+    p.add_argument("--db", default=None, help="SQLite results database (default: next to the config)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="address of a running Dask scheduler")
+    where.add_argument("--local-cluster", action="store_true", help="start a Dask LocalCluster for this sweep")
+    p.add_argument("--workers", type=int, default=None, help="number of local worker processes")
+
     p = sub.add_parser("derive", help="action and saddle-point equations; --latex FILE or --markdown")
     p.add_argument("--activation", required=True, help="registered name or formula in x, e.g. 'x*exp(-x**2/4)'")
     p.add_argument("--setting", required=True, choices=["single", "finetune", "joint"])
@@ -160,6 +169,13 @@ def main(argv=None) -> int:
             from .theory.proportional import phase_diagram_cli
 
             phase_diagram_cli(args.config, args.out)
+        elif args.command == "sweep":
+            from .sweep import sweep_cli
+
+            report = sweep_cli(args.config, db_path=args.db, scheduler=args.scheduler,
+                               local_cluster=args.local_cluster, workers=args.workers)
+            if report.failures:
+                return 1
         elif args.command == "derive":
             from .symbolic import derive_cli
 

@@ -1,0 +1,770 @@
+"""Parameter sweeps with a resumable SQLite results database (docs/sweeps.md).
+
+A sweep is a grid ``parameters x seeds x methods``. Each grid point becomes a plain dict of
+parameters, *normalised* (defaults filled in, types canonical, irrelevant keys such as the seed of a
+deterministic method dropped) and keyed by the SHA-256 of its canonical JSON. A point is evaluated by
+the pure, picklable :func:`evaluate_point` (dict in, dict out), which dispatches to a small registry of
+evaluators, one per method. Only the driving process writes the database, one committed row per
+finished point, so a sweep killed at any moment (even ``SIGKILL``) loses at most the points in flight
+and a rerun computes exactly the missing ones.
+
+Backends share one code path, a :class:`concurrent.futures.Executor`: local processes
+(:class:`~concurrent.futures.ProcessPoolExecutor`, the default) or a Dask distributed cluster through
+its ``concurrent.futures`` adapter (``scheduler=ADDRESS``, or a ``LocalCluster`` started for you).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import itertools
+import json
+import math
+import os
+import sqlite3
+import threading
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from ._validation import check_int, check_real
+
+__all__ = [
+    "EVALUATORS",
+    "Evaluator",
+    "SweepReport",
+    "register_evaluator",
+    "expand_config",
+    "normalise_point",
+    "point_key",
+    "evaluate_point",
+    "run_sweep",
+    "load_results",
+    "load_failures",
+    "to_long",
+    "load_sweep_config",
+    "sweep_cli",
+]
+
+SCHEMA_VERSION = 1
+
+# --------------------------------------------------------------------------- parameter schema
+_COMMON = {
+    "task": "gaussian",
+    "activation": "relu",
+    "gamma1": 1.0,
+    "gamma2": 1.0,
+    "weight_decay1": 1.0,
+    "weight_decay2": 1.0,
+    "temperature1": None,  # method-dependent default, see _default_temperature
+    "temperature2": None,
+    "coupling": 1.0,
+    "seed": 0,
+    "data_seed": None,  # None: the point's seed (data redrawn per seed)
+}
+_TASKS = {
+    "gaussian": {"dim": 20, "n_source": 80, "n_target": 20, "n_test": 500, "alpha": 1.0, "teacher": "linear",
+                 "noise_source": 0.0, "noise_target": 0.0},
+    "digits": {"source": "3-8", "target": "5-8", "n_source": 200, "n_target": 40, "n_test": None},
+    "file": {"path": None, "standardise": False},
+}
+# Options forwarded to the estimator of each method (compare_transfer's per-method settings).
+_METHOD_OPTIONS = {
+    "equilibrium": {"n_samples": None, "n_chains": None, "tol": None, "max_iter": None},
+    "gradient_flow": {"population": 2000, "dt": None, "t_max": 20.0, "average_from": None, "tol": None,
+                      "n_records": None, "early_stop": None},
+    "simulation": {"width": 1000, "lr": None, "steps": 2000, "average_from": None, "batch_size": None,
+                   "init_scale": None},
+    "proportional": {},
+}
+_INT_KEYS = {"seed", "data_seed", "dim", "n_source", "n_target", "n_test", "n_samples", "n_chains", "max_iter",
+             "population", "n_records", "width", "steps", "batch_size"}
+_FLOAT_KEYS = {"gamma1", "gamma2", "weight_decay1", "weight_decay2", "temperature1", "temperature2", "coupling",
+               "alpha", "noise_source", "noise_target", "tol", "dt", "t_max", "average_from", "lr", "init_scale"}
+_BOOL_KEYS = {"standardise", "early_stop"}
+_SETTINGS = ("scratch", "finetune", "joint")
+
+
+def _default_temperature(method):
+    # the equilibrium theory is a Gibbs measure (T > 0); dynamics default to gradient flow
+    return 1.0 if method in ("equilibrium", "proportional") else 0.0
+
+
+def _plain(value, where):
+    """JSON-able plain Python value (numpy scalars/arrays converted), or ValueError."""
+    if isinstance(value, (np.generic,)):
+        value = value.item()
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, where) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v, where) for k, v in value.items()}
+    raise ValueError(f"{where} must be a plain number, string, bool, list or table, got {value!r}")
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _normalise_builtin(method: str, params: dict) -> dict:
+    task = params.get("task", _COMMON["task"])
+    if task not in _TASKS:
+        raise ValueError(f"parameter 'task' must be one of {', '.join(_TASKS)}, got {task!r}")
+    allowed = {**_COMMON, **_TASKS[task], **_METHOD_OPTIONS[method]}
+    unknown = sorted(set(params) - set(allowed) - {"method"})
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for method {method!r} with task {task!r}; accepted: "
+                         f"{', '.join(sorted(allowed))}")
+    p = {**allowed, **{k: v for k, v in params.items() if k != "method"}}
+    for k in ("temperature1", "temperature2"):
+        if p[k] is None:
+            p[k] = _default_temperature(method)
+    if p["data_seed"] is None:
+        p["data_seed"] = p["seed"]
+    for k, v in list(p.items()):
+        if v is None:
+            continue
+        if k in _INT_KEYS:
+            p[k] = check_int(f"parameter {k!r}", v, low=0)
+        elif k in _FLOAT_KEYS:
+            p[k] = check_real(f"parameter {k!r}", v, allow_inf=(k == "coupling"))
+        elif k in _BOOL_KEYS and not isinstance(v, bool):
+            raise ValueError(f"parameter {k!r} must be true or false, got {v!r}")
+    if not isinstance(p["activation"], str):
+        raise ValueError(f"parameter 'activation' must be a name or formula string, got {p['activation']!r}")
+    if task == "digits":
+        from .datasets import parse_pair
+
+        p["source"] = "-".join(map(str, parse_pair(p["source"], "parameter 'source'")))
+        p["target"] = "-".join(map(str, parse_pair(p["target"], "parameter 'target'")))
+    elif task == "file":
+        if not p["path"]:
+            raise ValueError("task 'file' needs the parameter 'path' (an .npz or .csv file)")
+        path = Path(str(p["path"])).expanduser().resolve()
+        if not path.is_file():
+            raise ValueError(f"parameter 'path': data file {str(path)!r} does not exist")
+        p["path"] = str(path)
+        # the content, not only the name, identifies the point: an edited file is recomputed
+        p["file_sha256"] = _file_digest(path)
+    elif task == "gaussian":
+        p["teacher"] = _plain(p["teacher"], "parameter 'teacher'")
+        if isinstance(p["teacher"], dict):
+            p["teacher"] = {str(int(k)): float(v) for k, v in p["teacher"].get("degrees", p["teacher"]).items()}
+    if method == "proportional":
+        if task != "gaussian" or p["activation"] != "linear" or p["teacher"] not in ("linear", {"1": 1.0}):
+            raise ValueError("method 'proportional' is the D -> infinity closed form for task 'gaussian' with "
+                             "activation 'linear' and teacher 'linear'")
+        # deterministic and data-free: one row whatever the seed
+        p.pop("seed")
+        p.pop("data_seed")
+    elif method == "equilibrium" and p["activation"] == "linear":
+        p.pop("seed")  # exact theory: the network seed plays no role (data_seed still does)
+    for k in _METHOD_OPTIONS[method]:
+        if p.get(k) is None:
+            p.pop(k, None)  # unset option = the estimator's default; keeps keys and tables lean
+    p["method"] = method
+    return p
+
+
+# --------------------------------------------------------------------------- data of a point
+def _point_data(p):
+    """``((X1, y1), (X2, y2), (X_test, y_test))`` and extra result fields for a normalised point."""
+    task = p["task"]
+    if task == "gaussian":
+        from .tasks import make_transfer_pair
+
+        pair = make_transfer_pair(p["dim"], p["n_source"], p["n_target"], p["n_test"], p["alpha"],
+                                  teacher=p["teacher"], noise_source=p["noise_source"],
+                                  noise_target=p["noise_target"], seed=p["data_seed"])
+        return ((pair.source.X_train, pair.source.y_train), (pair.target.X_train, pair.target.y_train),
+                (pair.target.X_test, pair.target.y_test_clean)), {}
+    if task == "digits":
+        from .datasets import digits_transfer
+
+        d = digits_transfer(p["source"], p["target"], n_source=p["n_source"], n_target=p["n_target"],
+                            n_test=p["n_test"], seed=p["data_seed"])
+        return d.as_tuples(), {"task_alignment": d.alignment, "n_test_used": len(d.y_test)}
+    from .datasets import load_transfer_data
+
+    d = load_transfer_data(p["path"], standardise=p["standardise"])
+    return d.as_tuples(), {"task_alignment": d.alignment}
+
+
+def _compare_evaluator(method):
+    def evaluate(p):
+        from .experiments import compare_transfer
+
+        data, extra = _point_data(p)
+        hyper = {k: {"gamma": p[f"gamma{i}"], "weight_decay": p[f"weight_decay{i}"],
+                     "temperature": p[f"temperature{i}"]} for k, i in (("source", 1), ("target", 2))}
+        options = {k: p[k] for k in _METHOD_OPTIONS[method] if p.get(k) is not None}
+        if method == "simulation":
+            options.setdefault("width", 1000)
+        settings = {"activation": p["activation"], "couplings": [p["coupling"]], **hyper, method: options}
+        seed = p.get("seed", 0)
+        table = compare_transfer(*data, settings=settings, method=method, seeds=[seed])
+        out = dict(extra)
+        for setting in _SETTINGS:
+            row = table.row(setting)
+            out[f"test_error_{setting}"] = row["test_error"]
+            out[f"alignment_{setting}"] = row["alignment"]
+            if setting != "scratch":
+                out[f"gain_{setting}"] = row["transfer_gain"]
+        return out
+
+    evaluate.__name__ = f"evaluate_{method}"
+    return evaluate
+
+
+def _evaluate_proportional(p):
+    from .theory.proportional import target_error
+
+    kw = dict(nu1=p["n_source"] / p["dim"], nu2=p["n_target"] / p["dim"], alpha=p["alpha"],
+              g1=p["gamma1"] * math.sqrt(p["n_source"]), g2=p["gamma2"] * math.sqrt(p["n_target"]),
+              lam1=p["weight_decay1"], lam2=p["weight_decay2"], T1=p["temperature1"], T2=p["temperature2"],
+              sigma1=p["noise_source"], sigma2=p["noise_target"])
+    out = {"test_error_scratch": float(target_error("scratch", **kw)),
+           "test_error_finetune": float(target_error("finetune", **kw)),
+           "test_error_joint": float(target_error("joint", coupling=p["coupling"], **kw))}
+    out["gain_finetune"] = out["test_error_scratch"] - out["test_error_finetune"]
+    out["gain_joint"] = out["test_error_scratch"] - out["test_error_joint"]
+    return out
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    """A sweep method: ``evaluate(params) -> results`` (pure, picklable by reference), the modules it
+    needs (checked before a sweep starts) and ``normalise(method, params) -> params``."""
+
+    evaluate: object
+    requires: tuple = ()
+    normalise: object = None
+
+
+EVALUATORS: dict[str, Evaluator] = {
+    "equilibrium": Evaluator(_compare_evaluator("equilibrium"), ("symtransfer.experiments",
+                                                                  "symtransfer.theory.linear"),
+                             _normalise_builtin),
+    "gradient_flow": Evaluator(_compare_evaluator("gradient_flow"), ("symtransfer.experiments",
+                                                                      "symtransfer.theory.dmft"),
+                               _normalise_builtin),
+    "simulation": Evaluator(_compare_evaluator("simulation"), ("symtransfer.experiments", "symtransfer.sim"),
+                            _normalise_builtin),
+    "proportional": Evaluator(_evaluate_proportional, ("symtransfer.theory.proportional",), _normalise_builtin),
+}
+
+
+def register_evaluator(name: str, evaluate, *, requires=(), normalise=None) -> None:
+    """Add a method to the registry.
+
+    ``evaluate(params: dict) -> dict`` must be pure (same params, same results) and defined at module
+    level so worker processes can import it; ``normalise(method, params) -> params`` defaults to
+    converting values to plain JSON types. Workers only see registrations made at import time of
+    a module they import; for ad-hoc methods name them ``"package.module:function"`` in the config.
+    """
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ValueError(f"evaluator name must be a non-empty string without ':', got {name!r}")
+    if not callable(evaluate):
+        raise ValueError(f"evaluate for {name!r} must be callable")
+    EVALUATORS[name] = Evaluator(evaluate, tuple(requires), normalise)
+
+
+def _resolve(method: str) -> Evaluator:
+    if not isinstance(method, str):
+        raise ValueError(f"method must be a string, got {method!r}")
+    if method in EVALUATORS:
+        return EVALUATORS[method]
+    if ":" in method:
+        mod, _, fn = method.partition(":")
+        try:
+            func = getattr(importlib.import_module(mod), fn)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"method {method!r}: cannot import function {fn!r} from module {mod!r} ({exc})") from None
+        return Evaluator(func, (), None)
+    raise ValueError(f"unknown method {method!r}; built-in: {', '.join(EVALUATORS)}, or 'package.module:function' "
+                     f"for a custom evaluator")
+
+
+def _check_available(method: str) -> None:
+    for mod in _resolve(method).requires:
+        try:
+            importlib.import_module(mod)
+        except ImportError as exc:
+            raise ImportError(f"method {method!r} needs module {mod!r}, which cannot be imported ({exc}); "
+                              f"leave {method!r} out of 'methods'") from exc
+
+
+def normalise_point(params: dict) -> dict:
+    """Canonical form of a point: defaults filled in, types checked, ``"method"`` included."""
+    if not isinstance(params, dict):
+        raise ValueError(f"a point must be a dict of parameters, got {type(params).__name__}")
+    params = {str(k): _plain(v, f"parameter {k!r}") for k, v in params.items()}
+    method = params.get("method")
+    ev = _resolve(method)
+    if ev.normalise is None:
+        return dict(params)
+    return ev.normalise(method, params)
+
+
+def point_key(params: dict) -> str:
+    """Stable identity of a normalised point: SHA-256 of its canonical JSON (sorted keys)."""
+    return hashlib.sha256(_canonical(params).encode()).hexdigest()
+
+
+def _canonical(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=True)
+
+
+def evaluate_point(params: dict) -> dict:
+    """Evaluate one normalised point: a plain dict of parameters in, a plain dict of results out."""
+    out = _resolve(params["method"]).evaluate(params)
+    if not isinstance(out, dict):
+        raise TypeError(f"evaluator of {params['method']!r} returned {type(out).__name__}, not a dict")
+    return _plain(out, "result")
+
+
+def _limit_threads(n):
+    try:
+        import numba
+
+        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _run_point(params: dict, n_threads: int = 1):
+    """Worker side: evaluate, time, and turn any exception into data (it always pickles)."""
+    _limit_threads(n_threads)
+    t0 = time.perf_counter()
+    try:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # pragma: no cover
+            res = evaluate_point(params)
+        else:
+            with threadpool_limits(limits=n_threads):
+                res = evaluate_point(params)
+        return {"ok": True, "results": res, "seconds": time.perf_counter() - t0}
+    except Exception as exc:  # noqa: BLE001 - reported per point, the sweep goes on
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(),
+                "seconds": time.perf_counter() - t0}
+
+
+def _orphan_watchdog(parent_pid: int):
+    """Worker initialiser: exit when the driving process dies (e.g. SIGKILL), instead of lingering."""
+
+    def watch():
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, daemon=True, name="symtransfer-orphan-watchdog").start()
+
+
+# --------------------------------------------------------------------------- configuration
+def load_sweep_config(path) -> dict:
+    """Read a sweep config: JSON for a ``.json`` suffix, TOML otherwise (``symtransfer._config``)."""
+    from ._config import load_config
+
+    return load_config(path)
+
+
+_CONFIG_KEYS = {"methods", "seeds", "params", "grid", "db", "workers", "threads_per_point"}
+
+
+def expand_config(config: dict, base_dir=None) -> list[dict]:
+    """The normalised points of a sweep config, deduplicated, in grid order.
+
+    Layout (TOML)::
+
+        methods = ["equilibrium", "simulation"]   # or one string
+        seeds = [0, 1, 2]                         # or an integer n: seeds 0 .. n-1
+        [params]       # values shared by every point
+        [grid]         # name = [values, ...]; the sweep is the Cartesian product
+        [simulation]   # options for the points of one method (any method name)
+
+    A name may appear in only one of ``params``, ``grid`` and the method's table. Relative ``path``
+    values are resolved against ``base_dir``.
+    """
+    if not isinstance(config, dict):
+        raise ValueError("a sweep config must be a table/object")
+    methods = config.get("methods")
+    if methods is None:
+        raise ValueError("the sweep config needs 'methods' (e.g. methods = [\"equilibrium\", \"simulation\"])")
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    if not methods:
+        raise ValueError("'methods' is empty")
+    unknown = set(config) - _CONFIG_KEYS - set(methods)
+    if unknown:
+        raise ValueError(f"sweep config has unknown keys {sorted(unknown)}; accepted: {', '.join(sorted(_CONFIG_KEYS))} "
+                         f"and one table per method in 'methods'")
+    seeds = config.get("seeds", [0])
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = list(range(check_int("seeds", seeds, low=1)))
+    seeds = [check_int("seeds entry", s, low=0) for s in seeds]
+    if not seeds:
+        raise ValueError("'seeds' is empty")
+    fixed = dict(config.get("params", {}) or {})
+    grid = dict(config.get("grid", {}) or {})
+    for name, values in grid.items():
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ValueError(f"grid entry {name!r} must be a non-empty list of values, got {values!r}")
+    clash = set(fixed) & set(grid)
+    if clash:
+        raise ValueError(f"parameter(s) {sorted(clash)} appear in both [params] and [grid]")
+    if {"seed", "method"} & (set(fixed) | set(grid)):
+        raise ValueError("'seed' and 'method' are set by 'seeds' and 'methods', not in [params]/[grid]")
+    for m in methods:
+        _resolve(m)
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    names = list(grid)
+    points, seen = [], set()
+    for m in methods:
+        opts = dict(config.get(m, {}) or {})
+        clash = set(opts) & (set(fixed) | set(grid))
+        if clash:
+            raise ValueError(f"option(s) {sorted(clash)} of [{m}] also appear in [params] or [grid]")
+        for combo in itertools.product(*(grid[n] for n in names)):
+            for s in seeds:
+                p = {**fixed, **dict(zip(names, combo)), **opts, "method": m, "seed": s}
+                if isinstance(p.get("path"), str) and not Path(p["path"]).expanduser().is_absolute():
+                    p["path"] = str(base / p["path"])
+                q = normalise_point(p)
+                k = point_key(q)
+                if k not in seen:
+                    seen.add(k)
+                    points.append(q)
+    return points
+
+
+# --------------------------------------------------------------------------- results database
+_DDL = """
+CREATE TABLE IF NOT EXISTS points (
+    key TEXT PRIMARY KEY,
+    method TEXT NOT NULL,
+    params TEXT NOT NULL,
+    results TEXT NOT NULL,
+    seconds REAL,
+    finished_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS failures (
+    key TEXT PRIMARY KEY,
+    method TEXT NOT NULL,
+    params TEXT NOT NULL,
+    error TEXT NOT NULL,
+    traceback TEXT,
+    failed_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+def _connect(db_path) -> sqlite3.Connection:
+    con = sqlite3.connect(str(db_path), timeout=60.0)
+    # WAL: readers (load_results during a sweep) never block the writer; a commit is durable
+    # against the death of this process, which is what resuming needs.
+    con.execute("PRAGMA journal_mode=WAL")
+    con.executescript(_DDL)
+    con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    con.commit()
+    return con
+
+
+def _now():
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _done_keys(con) -> set:
+    return {r[0] for r in con.execute("SELECT key FROM points")}
+
+
+def _store(con, key, params, out):
+    with con:  # one transaction per point: all of it or nothing survives a kill
+        if out["ok"]:
+            con.execute("INSERT OR IGNORE INTO points VALUES (?, ?, ?, ?, ?, ?)",
+                        (key, params["method"], _canonical(params), _canonical(out["results"]), out["seconds"],
+                         _now()))
+            con.execute("DELETE FROM failures WHERE key = ?", (key,))
+        else:
+            con.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?, ?, ?)",
+                        (key, params["method"], _canonical(params), out["error"], out["traceback"], _now()))
+
+
+# --------------------------------------------------------------------------- running
+@dataclass
+class SweepReport:
+    """What a call of :func:`run_sweep` did.
+
+    Attributes
+    ----------
+    db_path : str
+    n_points : int
+        Distinct points of the sweep.
+    n_already_done : int
+        Found in the database at start (not recomputed).
+    n_computed : int
+        Finished and stored by this call.
+    failures : list of (params, error)
+        Points whose evaluation raised (stored in the ``failures`` table, retried by the next run).
+    seconds : float
+    backend : str
+    """
+
+    db_path: str
+    n_points: int
+    n_already_done: int
+    n_computed: int
+    failures: list = field(default_factory=list)
+    seconds: float = 0.0
+    backend: str = "local"
+
+    @property
+    def complete(self) -> bool:
+        return self.n_already_done + self.n_computed == self.n_points
+
+    def results(self, long=False):
+        """The database as a DataFrame (:func:`load_results`)."""
+        return load_results(self.db_path, long=long)
+
+    def __str__(self):
+        s = (f"sweep: {self.n_points} points, {self.n_already_done} already in {self.db_path}, "
+             f"{self.n_computed} computed in {self.seconds:.1f} s ({self.backend})")
+        if self.failures:
+            s += f"; {len(self.failures)} FAILED (first: {self.failures[0][1]})"
+        return s
+
+
+def _default_workers():
+    return max(1, os.cpu_count() or 1)
+
+
+def _make_executor(workers, scheduler, local_cluster):
+    """``(executor, cleanup, description)``; every backend is a concurrent.futures Executor."""
+    if scheduler is not None or local_cluster:
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError as exc:
+            raise ImportError("the Dask backend needs 'distributed' (pip install dask distributed)") from exc
+        if scheduler is not None:
+            client = Client(scheduler)
+            cluster = None
+            desc = f"dask scheduler {scheduler}"
+        else:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
+            client = Client(cluster)
+            desc = f"dask LocalCluster ({workers} workers)"
+        # pure=False: a point is never silently deduplicated by Dask's own hashing
+        executor = client.get_executor(pure=False)
+
+        def cleanup():
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+        return executor, cleanup, desc
+    import multiprocessing as mp
+
+    # spawn: forking a process whose Numba/OpenMP thread pools already run is not safe
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                   initializer=_orphan_watchdog, initargs=(os.getpid(),))
+    return executor, lambda: executor.shutdown(wait=True, cancel_futures=True), f"local ({workers} processes)"
+
+
+def run_sweep(config, db_path, *, scheduler=None, local_cluster=False, workers=None, threads_per_point=None,
+              progress=True, base_dir=None) -> SweepReport:
+    """Run (or resume) a sweep, storing each finished point in the SQLite database ``db_path``.
+
+    Parameters
+    ----------
+    config : dict or list of dict
+        A sweep config (:func:`expand_config`) or a list of point dicts (each with ``"method"``).
+    db_path : path
+        Results database; created if missing. Points already in it are skipped.
+    scheduler : str, optional
+        Address of a running Dask scheduler (``tcp://host:8786``).
+    local_cluster : bool
+        Start a Dask ``LocalCluster`` with ``workers`` single-threaded worker processes.
+    workers : int, optional
+        Local worker processes (default: ``config["workers"]`` or the CPU count).
+    threads_per_point : int, optional
+        Numba/BLAS threads inside each point (default ``max(1, cpus // workers)``).
+    progress : bool
+        tqdm progress bar with ETA.
+
+    Returns
+    -------
+    SweepReport
+    """
+    if scheduler is not None and local_cluster:
+        raise ValueError("give either scheduler=ADDRESS or local_cluster=True, not both")
+    cfg = config if isinstance(config, dict) else {}
+    if isinstance(config, dict):
+        points = expand_config(config, base_dir)
+    elif isinstance(config, (list, tuple)):
+        points, seen = [], set()
+        for p in config:
+            q = normalise_point(p)
+            if point_key(q) not in seen:
+                seen.add(point_key(q))
+                points.append(q)
+    else:
+        raise ValueError("config must be a sweep config dict or a list of point dicts")
+    for m in dict.fromkeys(p["method"] for p in points):
+        _check_available(m)
+    workers = check_int("workers", workers if workers is not None else cfg.get("workers", _default_workers()), low=1)
+    tpp = threads_per_point if threads_per_point is not None else cfg.get("threads_per_point")
+    tpp = check_int("threads_per_point", tpp, low=1) if tpp is not None else max(1, _default_workers() // workers)
+
+    t0 = time.perf_counter()
+    con = _connect(db_path)
+    try:
+        done = _done_keys(con)
+        keyed = [(point_key(p), p) for p in points]
+        todo = [(k, p) for k, p in keyed if k not in done]
+        report = SweepReport(str(db_path), len(points), len(points) - len(todo), 0)
+        if not todo:
+            report.backend = "none (nothing to do)"
+            return report
+        executor, cleanup, report.backend = _make_executor(workers, scheduler, local_cluster)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(points), initial=report.n_already_done, desc="sweep", unit="point",
+                   disable=not progress, dynamic_ncols=True)
+        try:
+            pending = {}
+            queue = iter(todo)
+            window = 2 * workers if scheduler is None else 64  # bounded in-flight work
+            for k, p in itertools.islice(queue, window):
+                pending[executor.submit(_run_point, p, tpp)] = (k, p)
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    k, p = pending.pop(fut)
+                    try:
+                        out = fut.result()
+                    except BrokenProcessPool as exc:
+                        raise RuntimeError(
+                            f"a worker process died abruptly (out of memory, or a crash in compiled code?) while "
+                            f"computing point {_canonical(p)}; the {report.n_computed} points finished in this "
+                            f"run are saved in {str(db_path)!r}: rerun to resume") from exc
+                    _store(con, k, p, out)
+                    if out["ok"]:
+                        report.n_computed += 1
+                    else:
+                        report.failures.append((p, out["error"]))
+                        bar.set_postfix(failed=len(report.failures))
+                    bar.update(1)
+                    nxt = next(queue, None)
+                    if nxt is not None:
+                        pending[executor.submit(_run_point, nxt[1], tpp)] = nxt
+        finally:
+            bar.close()
+            cleanup()
+        return report
+    finally:
+        con.close()
+        if "report" in locals():
+            report.seconds = time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- loading
+def _frame(rows, what):
+    import pandas as pd
+
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=what)
+
+
+def load_results(db_path, long=False):
+    """The results database as a pandas DataFrame: one row per point (``key``, ``method``, every
+    parameter, every result, ``seconds``, ``finished_at``).
+
+    With ``long=True`` the per-setting results (``test_error_<setting>``, ``gain_<setting>``,
+    ``alignment_<setting>``) are melted into a tidy table with one row per point and setting and
+    columns ``setting``, ``test_error``, ``transfer_gain``, ``alignment`` (:func:`to_long`).
+    """
+    if not Path(db_path).is_file():
+        raise ValueError(f"results database {str(db_path)!r} does not exist")
+    con = sqlite3.connect(str(db_path))
+    try:
+        rows = []
+        for key, method, params, results, seconds, finished in con.execute(
+                "SELECT key, method, params, results, seconds, finished_at FROM points ORDER BY rowid"):
+            p = json.loads(params)
+            r = json.loads(results)
+            clash = set(p) & set(r)
+            r = {(f"result_{k}" if k in clash else k): v for k, v in r.items()}
+            rows.append({"key": key, **p, **r, "method": method, "seconds": seconds, "finished_at": finished})
+    finally:
+        con.close()
+    df = _frame(rows, ["key", "method", "seconds", "finished_at"])
+    return to_long(df) if long else df
+
+
+def to_long(df):
+    """Melt ``test_error_<s>``, ``gain_<s>``, ``alignment_<s>`` columns into rows per setting ``s``."""
+    import pandas as pd
+
+    per = [c for c in df.columns if c.startswith(("test_error_", "gain_", "alignment_"))]
+    settings = [s for s in _SETTINGS if f"test_error_{s}" in df.columns]
+    if not settings:
+        return df.copy()
+    base = df.drop(columns=per)
+    parts = []
+    for s in settings:
+        part = base.copy()
+        part["setting"] = s
+        part["test_error"] = df[f"test_error_{s}"]
+        part["transfer_gain"] = 0.0 if s == "scratch" else df.get(f"gain_{s}")
+        part["alignment"] = df[f"alignment_{s}"] if f"alignment_{s}" in df.columns else math.nan
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
+def load_failures(db_path):
+    """Points whose evaluation raised: ``key``, ``method``, parameters, ``error``, ``traceback``."""
+    con = sqlite3.connect(str(db_path))
+    try:
+        rows = [{"key": k, "method": m, **json.loads(p), "error": e, "traceback": tb, "failed_at": t}
+                for k, m, p, e, tb, t in con.execute("SELECT * FROM failures ORDER BY rowid")]
+    finally:
+        con.close()
+    return _frame(rows, ["key", "method", "error", "traceback", "failed_at"])
+
+
+# --------------------------------------------------------------------------- command line
+def sweep_cli(config_path, db_path=None, scheduler=None, local_cluster=False, workers=None, progress=True):
+    """``symtransfer sweep --config FILE [--db FILE] [--scheduler ADDRESS | --local-cluster]``.
+
+    The database defaults to the config's ``db`` key (relative to the config file) or, failing that,
+    the config path with suffix ``.db``. Prints a one-line summary (and the first failures) and
+    returns the :class:`SweepReport`; rerunning the same command resumes an interrupted sweep.
+    """
+    config_path = Path(config_path)
+    cfg = load_sweep_config(config_path)
+    base = config_path.resolve().parent
+    if db_path is None:
+        db = cfg.get("db")
+        db_path = (base / db) if db else config_path.with_suffix(".db")
+    report = run_sweep(cfg, db_path, scheduler=scheduler, local_cluster=local_cluster, workers=workers,
+                       progress=progress, base_dir=base)
+    print(report)
+    for params, err in report.failures[:5]:
+        print(f"  failed: {json.dumps(params, sort_keys=True)}: {err}")
+    return report

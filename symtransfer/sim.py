@@ -34,9 +34,9 @@ _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
-_S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
-_TWO_M53 = 1.0 / 9007199254740992.0
-_TWO_PI = 2.0 * math.pi
+_S30, _S27, _S31, _S32 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(32)
+_LOW32 = np.uint64(0xFFFFFFFF)
+_TWO_M31 = 1.0 / 2147483648.0
 
 # Fixed (not thread-dependent) so the order of floating-point sums, hence every result, does not
 # depend on the number of threads.
@@ -64,14 +64,21 @@ def _stream_key(seed, step, neuron):
 
 
 @nb.njit(inline="always")
-def _normal_pair(key, k):
-    """Two independent standard normals from counter ``k`` of stream ``key`` (Box-Muller)."""
-    z1 = _mix64(key + np.uint64(2 * k + 1) * _GOLDEN)
-    z2 = _mix64(key + np.uint64(2 * k + 2) * _GOLDEN)
-    u1 = (np.float64(z1 >> _S11) + 1.0) * _TWO_M53  # in (0, 1]: log is finite
-    u2 = np.float64(z2 >> _S11) * _TWO_M53
-    rad = math.sqrt(-2.0 * math.log(u1))
-    return rad * math.cos(_TWO_PI * u2), rad * math.sin(_TWO_PI * u2)
+def _normal_pair(key, ctr):
+    """Two independent standard normals from stream ``key`` starting at counter ``ctr``.
+
+    Marsaglia's polar method on the two 32-bit halves of one hash (no trigonometric calls);
+    returns the normals and the next counter, so a stream is reproducible draw by draw.
+    """
+    while True:
+        z = _mix64(key + np.uint64(ctr) * _GOLDEN)
+        ctr += 1
+        u = np.float64(z >> _S32) * _TWO_M31 - 1.0
+        v = np.float64(z & _LOW32) * _TWO_M31 - 1.0
+        s = u * u + v * v
+        if 0.0 < s < 1.0:
+            m = math.sqrt(-2.0 * math.log(s) / s)
+            return u * m, v * m, ctr
 
 
 @nb.njit(inline="always", fastmath=_FASTMATH)
@@ -181,11 +188,12 @@ def _run_full(X, y, W, a, Wref, batches, step0, lr, gamma, lam, delta, temp, sca
             a_new = keep_a * ai + lr * g_scale * ga
             if noise > 0.0:
                 key = _stream_key(seed, step, i)
+                ctr = 0
                 for k in range(D // 2):
-                    z0, z1 = _normal_pair(key, k)
+                    z0, z1, ctr = _normal_pair(key, ctr)
                     W[i, 2 * k] += noise * z0
                     W[i, 2 * k + 1] += noise * z1
-                z0, z1 = _normal_pair(key, D // 2)
+                z0, z1, ctr = _normal_pair(key, ctr)
                 if D % 2 == 1:
                     W[i, D - 1] += noise * z1
                 a_new += noise * z0
@@ -230,7 +238,7 @@ def _run_readout(F_all, y, a, batches, step0, lr, gamma, lam, temp, scale, seed,
                 ga += r[b] * F_all[i, batches[s, b]]
             a_new = keep_a * a[i] + lr * g_scale * ga
             if noise > 0.0:
-                z0, _ = _normal_pair(_stream_key(seed, step, i), 0)
+                z0, _, _ = _normal_pair(_stream_key(seed, step, i), 0)
                 a_new += noise * z0
             a[i] = a_new
     return -1

@@ -8,6 +8,7 @@ from .sim import WideNetwork
 from .sweep import SweepReport, load_results, run_sweep
 from .symbolic import SaddlePointSystem, derive
 from .tasks import HermiteTeacher, Task, TransferPair, make_task, make_transfer_pair
+from .theory.adaptive import AdaptiveKernel, AdaptiveTransfer
 from .theory.dmft import GradientFlowDMFT, StepSizeError
 from .theory.linear import LinearTheory, LinearTransferTheory
 from .theory.proportional import PhaseDiagram, SourceState, phase_diagram, source_state, target_error, transfer_gain
@@ -24,6 +25,8 @@ __all__ = [
     "NoSaddlePointError",
     "SymtransferError",
     "WideNetwork",
+    "AdaptiveKernel",
+    "AdaptiveTransfer",
     "GradientFlowDMFT",
     "StepSizeError",
     "compare_transfer",

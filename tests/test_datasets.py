@@ -18,7 +18,6 @@ from symtransfer.datasets import (
 )
 from symtransfer.tasks import make_transfer_pair
 
-pytest.importorskip("sklearn")
 
 
 # --------------------------------------------------------------------------- digits

@@ -27,7 +27,7 @@ from symtransfer.sweep import (
 from symtransfer.tasks import make_transfer_pair
 from symtransfer.theory.linear import LinearTheory
 
-pd = pytest.importorskip("pandas")
+import pandas as pd  # noqa: E402
 
 LINEAR = {"activation": "linear", "dim": 8, "n_source": 24, "n_target": 12, "n_test": 60}
 
@@ -176,7 +176,7 @@ def _rows(db):
 
 
 def test_sigkilled_sweep_resumes_with_every_point_exactly_once(tmp_path, monkeypatch):
-    psutil = pytest.importorskip("psutil")
+    import psutil
     (tmp_path / "slowpoint_sweeptest.py").write_text(_SLOW_MODULE)
     cfg = tmp_path / "sweep.toml"
     cfg.write_text(textwrap.dedent("""
@@ -259,7 +259,6 @@ def _results(db):
 
 
 def test_dask_local_cluster_and_local_processes_give_identical_results(tmp_path):
-    pytest.importorskip("distributed")
     cfg = {"methods": ["equilibrium", "proportional"], "seeds": 2, "params": dict(LINEAR, gamma1=1.5),
            "grid": {"alpha": [0.0, 0.8]}}
     rl = run_sweep(cfg, tmp_path / "local.db", workers=2, progress=False)
@@ -283,7 +282,6 @@ def test_dask_local_cluster_and_local_processes_give_identical_results(tmp_path)
 
 @pytest.mark.slow
 def test_dask_and_local_identical_for_stochastic_methods(tmp_path):
-    pytest.importorskip("distributed")
     cfg = {"methods": ["simulation", "gradient_flow"], "seeds": 2, "params": dict(LINEAR, activation="relu"),
            "simulation": {"width": 64, "steps": 200}, "gradient_flow": {"population": 200, "t_max": 2.0}}
     from distributed import LocalCluster

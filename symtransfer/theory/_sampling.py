@@ -1,0 +1,355 @@
+"""Numba kernels of the adaptive-kernel solver (docs/adaptive.md).
+
+* :func:`ess_sample` -- elliptical slice sampling (Murray, Adams & MacKay 2010) of many independent
+  chains of a tilted Gaussian ``N(z; mu_prior, s^2 I) exp(c (v . phi(L z))^2)`` in the coordinates
+  ``z`` of the hidden weight on the span of the training inputs. The ellipses are drawn around a
+  Gaussian *reference* ``N(mu_ref, A A^T)`` fitted to earlier samples, not around the prior: the
+  likelihood seen by the slice sampler is then the ratio target/reference, nearly flat, and the
+  chains decorrelate in a few steps even when the tilt is strong (docs/adaptive.md, section 2).
+* :func:`gh_mean` / :func:`gh_pair` -- Gauss-Hermite expectations of ``phi`` (and of products)
+  over the Gaussian conditional of preactivations outside the sampled subspace.
+
+Randomness: the Gaussian directions are pre-drawn by the caller (common random numbers across solver
+iterations); the uniforms of the slice come from a splitmix64 stream per chain, so a run gives the
+same numbers whatever the number of threads.
+
+Kernels take the activation as a Numba function argument; they are therefore compiled once per
+activation and process (no ``cache=True``: the type key holds a function address).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
+_TWO_M53 = 1.0 / 9007199254740992.0
+_TWO_PI = 2.0 * math.pi
+# After this many shrinkages the bracket is ~2pi * 2^-60 wide: the step keeps the current point.
+_MAX_SHRINK = 60
+
+
+@nb.njit(inline="always")
+def _uniform(state):
+    """Next uniform in (0, 1) of the splitmix64 stream held in ``state[0]``."""
+    state[0] += _GOLDEN
+    z = state[0]
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    z = z ^ (z >> _S31)
+    return (np.float64(z >> _S11) + 0.5) * _TWO_M53
+
+
+@nb.njit(parallel=True)
+def ess_sample(phi, B, A, href, dref, inv_s2, v, c, zeta0, normals, seeds, n_burn, n_keep,
+               zeta_out, psi_out, sq_out):
+    """Run ``C`` independent elliptical-slice chains in whitened reference coordinates ``zeta``.
+
+    The weight coordinates are ``z = mu_ref + A zeta``; the reference is ``zeta ~ N(0, I)``, and the
+    log-likelihood handed to the slice sampler is
+
+        -|z - mu_prior|^2 / (2 s^2) + c (v . phi(h))^2 + |zeta|^2 / 2,     h = L z = href + B zeta.
+
+    Parameters
+    ----------
+    phi : numba function
+        Activation.
+    B : (P, r) float64
+        ``L A``.
+    A : (r, r) float64
+        Reference factor.
+    href : (C, P) float64
+        ``L mu_ref`` per chain.
+    dref : (C, r) float64
+        ``mu_ref - mu_prior`` per chain.
+    inv_s2 : float
+        ``1/s^2`` of the prior.
+    v : (P,) float64
+        Dual vector of the tilt.
+    c : float
+        Tilt strength ``gamma^2 lambda / (2 T)``.
+    zeta0 : (C, r) float64
+        Initial states.
+    normals : (C, n_burn + n_keep, r) float64
+        Standard normal directions of the ellipses.
+    seeds : (C,) uint64
+        Seeds of the uniform streams.
+    n_burn, n_keep : int
+    zeta_out : (C, n_keep, r) float64, written
+    psi_out : (C, n_keep, P) float64, written: ``phi(h)`` of the kept states.
+    sq_out : (C,) float64, written: mean ``|zeta|^2`` over kept states (divergence diagnostic).
+    """
+    C, r = zeta0.shape
+    P = B.shape[0]
+    n_steps = n_burn + n_keep
+    for ch in nb.prange(C):
+        state = np.empty(1, dtype=np.uint64)
+        state[0] = seeds[ch]
+        zeta = zeta0[ch].copy()
+        Bz = np.zeros(P)
+        Bn = np.zeros(P)
+        Az = np.zeros(r)
+        An = np.zeros(r)
+        for p in range(P):
+            acc = 0.0
+            for k in range(r):
+                acc += B[p, k] * zeta[k]
+            Bz[p] = acc
+        for j in range(r):
+            acc = 0.0
+            for k in range(r):
+                acc += A[j, k] * zeta[k]
+            Az[j] = acc
+        # current log-likelihood
+        q2 = 0.0
+        zz = 0.0
+        for j in range(r):
+            d = dref[ch, j] + Az[j]
+            q2 += d * d
+            zz += zeta[j] * zeta[j]
+        s = 0.0
+        for p in range(P):
+            s += v[p] * phi(href[ch, p] + Bz[p])
+        ll = -0.5 * inv_s2 * q2 + c * s * s + 0.5 * zz
+        sq_acc = 0.0
+        for step in range(n_steps):
+            nu = normals[ch, step]
+            for p in range(P):
+                acc = 0.0
+                for k in range(r):
+                    acc += B[p, k] * nu[k]
+                Bn[p] = acc
+            for j in range(r):
+                acc = 0.0
+                for k in range(r):
+                    acc += A[j, k] * nu[k]
+                An[j] = acc
+            logy = ll + math.log(_uniform(state))
+            theta = _TWO_PI * _uniform(state)
+            lo = theta - _TWO_PI
+            hi = theta
+            for _ in range(_MAX_SHRINK):
+                ct = math.cos(theta)
+                st = math.sin(theta)
+                q2 = 0.0
+                zz = 0.0
+                for j in range(r):
+                    d = dref[ch, j] + Az[j] * ct + An[j] * st
+                    q2 += d * d
+                    zt = zeta[j] * ct + nu[j] * st
+                    zz += zt * zt
+                s = 0.0
+                for p in range(P):
+                    s += v[p] * phi(href[ch, p] + Bz[p] * ct + Bn[p] * st)
+                llt = -0.5 * inv_s2 * q2 + c * s * s + 0.5 * zz
+                if llt > logy:
+                    for j in range(r):
+                        zeta[j] = zeta[j] * ct + nu[j] * st
+                        Az[j] = Az[j] * ct + An[j] * st
+                    for p in range(P):
+                        Bz[p] = Bz[p] * ct + Bn[p] * st
+                    ll = llt
+                    break
+                if theta < 0.0:
+                    lo = theta
+                else:
+                    hi = theta
+                theta = lo + (hi - lo) * _uniform(state)
+            if step >= n_burn:
+                t = step - n_burn
+                zz = 0.0
+                for j in range(r):
+                    zeta_out[ch, t, j] = zeta[j]
+                    zz += zeta[j] * zeta[j]
+                sq_acc += zz
+                for p in range(P):
+                    psi_out[ch, t, p] = phi(href[ch, p] + Bz[p])
+        sq_out[ch] = sq_acc / max(n_keep, 1)
+
+
+@nb.njit(parallel=True)
+def phi_matrix(phi, M):
+    """``phi`` applied to every entry of a 2-D array (parallel over rows)."""
+    out = np.empty_like(M)
+    for i in nb.prange(M.shape[0]):
+        for j in range(M.shape[1]):
+            out[i, j] = phi(M[i, j])
+    return out
+
+
+@nb.njit(parallel=True)
+def gh_mean(phi, M, sig, nodes, wts):
+    """``E[phi(M[i, a] + sig[a] xi)]``, ``xi ~ N(0, 1)``, by Gauss-Hermite quadrature.
+
+    ``nodes``/``wts`` are probabilists' Gauss-Hermite nodes and weights normalised to sum to 1.
+    Columns with ``sig[a] == 0`` are evaluated directly.
+    """
+    n, nA = M.shape
+    out = np.empty_like(M)
+    G = nodes.shape[0]
+    for i in nb.prange(n):
+        for a in range(nA):
+            if sig[a] == 0.0:
+                out[i, a] = phi(M[i, a])
+            else:
+                acc = 0.0
+                for k in range(G):
+                    acc += wts[k] * phi(M[i, a] + sig[a] * nodes[k])
+                out[i, a] = acc
+    return out
+
+
+@nb.njit(parallel=True)
+def gh_pair(phi, MA, MB, SA, SB, RAB, w, nodes, wts):
+    """``sum_i w_i E[phi(u) phi(u')]`` for each pair of columns ``(a, b)``.
+
+    ``(u, u')`` is Gaussian with mean ``(MA[i, a], MB[i, b])``, variances ``SA[a]^2, SB[b]^2`` and
+    covariance ``RAB[a, b]``; the pair is written ``u = m + SA xi1``,
+    ``u' = m' + beta xi1 + tau xi2`` and integrated on the tensor Gauss-Hermite grid.
+    """
+    n, nA = MA.shape
+    nB = MB.shape[1]
+    G = nodes.shape[0]
+    out = np.zeros((nA, nB))
+    for a in nb.prange(nA):
+        for b in range(nB):
+            if SA[a] > 0.0:
+                beta = RAB[a, b] / SA[a]
+            else:
+                beta = 0.0
+            tau2 = SB[b] * SB[b] - beta * beta
+            tau = math.sqrt(tau2) if tau2 > 0.0 else 0.0
+            acc = 0.0
+            for i in range(n):
+                inner = 0.0
+                for k in range(G):
+                    ua = phi(MA[i, a] + SA[a] * nodes[k])
+                    if tau == 0.0:
+                        inner += wts[k] * ua * phi(MB[i, b] + beta * nodes[k])
+                    else:
+                        e = 0.0
+                        for l in range(G):
+                            e += wts[l] * phi(MB[i, b] + beta * nodes[k] + tau * nodes[l])
+                        inner += wts[k] * ua * e
+                acc += w[i] * inner
+            out[a, b] = acc
+    return out
+
+
+@nb.njit(parallel=True)
+def gl_mean_split(phi, M, sig, kinks, t, w):
+    """``E[phi(M[i, a] + sig[a] xi)]`` for ``phi`` with kinks, ``xi ~ N(0, 1)`` truncated to ``|xi| <= 10``.
+
+    Gauss-Legendre (nodes ``t``, weights ``w`` on [-1, 1]) on the panels between the kinks of
+    ``phi`` mapped to ``xi``: each panel is smooth, so the rule converges spectrally where
+    Gauss-Hermite across a kink converges only algebraically (errors ~1e-2 for ReLU at 48 nodes).
+    """
+    n, nA = M.shape
+    nk = kinks.shape[0]
+    out = np.empty_like(M)
+    cuts = np.empty(nk + 2)
+    for i in nb.prange(n):
+        cuts = np.empty(nk + 2)
+        for a in range(nA):
+            m = M[i, a]
+            s = sig[a]
+            if s == 0.0:
+                out[i, a] = phi(m)
+                continue
+            cuts[0] = -10.0
+            c = 1
+            for k in range(nk):
+                z = (kinks[k] - m) / s
+                if -10.0 < z < 10.0:
+                    cuts[c] = z
+                    c += 1
+            cuts[c] = 10.0
+            c += 1
+            # kinks are sorted, so the mapped cuts are too (s > 0)
+            acc = 0.0
+            for p in range(c - 1):
+                lo = cuts[p]
+                hi = cuts[p + 1]
+                half = 0.5 * (hi - lo)
+                mid = 0.5 * (hi + lo)
+                for q in range(t.shape[0]):
+                    xi = mid + half * t[q]
+                    acc += half * w[q] * math.exp(-0.5 * xi * xi) * phi(m + s * xi)
+            out[i, a] = acc * 0.3989422804014327
+    return out
+
+
+@nb.njit(inline="always")
+def _panel_cuts(cuts, kinks, m, s):
+    """Fill ``cuts`` with -10, the kinks of ``phi(m + s xi)`` in ``xi`` (sorted), 10; return count."""
+    cuts[0] = -10.0
+    c = 1
+    if s != 0.0:
+        nk = kinks.shape[0]
+        for k in range(nk):
+            kk = k if s > 0.0 else nk - 1 - k
+            z = (kinks[kk] - m) / s
+            if -10.0 < z < 10.0:
+                cuts[c] = z
+                c += 1
+    cuts[c] = 10.0
+    return c + 1
+
+
+@nb.njit(parallel=True)
+def gl_pair_split(phi, MA, MB, SA, SB, RAB, w, kinks, t, wt):
+    """:func:`gh_pair` for ``phi`` with kinks: Gauss-Legendre panels split at the kinks, both axes."""
+    n, nA = MA.shape
+    nB = MB.shape[1]
+    nk = kinks.shape[0]
+    Q = t.shape[0]
+    out = np.zeros((nA, nB))
+    for a in nb.prange(nA):
+        c1 = np.empty(2 * nk + 2)
+        c2 = np.empty(nk + 2)
+        for b in range(nB):
+            beta = RAB[a, b] / SA[a] if SA[a] > 0.0 else 0.0
+            tau2 = SB[b] * SB[b] - beta * beta
+            tau = math.sqrt(tau2) if tau2 > 0.0 else 0.0
+            acc = 0.0
+            for i in range(n):
+                ma = MA[i, a]
+                mb = MB[i, b]
+                # outer cuts: kinks of phi(u) and, when u' is a function of xi1 alone, of phi(u')
+                na = _panel_cuts(c1, kinks, ma, SA[a])
+                if tau == 0.0 and beta != 0.0:
+                    extra = _panel_cuts(c2, kinks, mb, beta)
+                    for k in range(1, extra - 1):
+                        c1[na - 1] = c2[k]
+                        na += 1
+                    c1[na - 1] = 10.0
+                    c1[:na].sort()
+                outer = 0.0
+                for p in range(na - 1):
+                    half = 0.5 * (c1[p + 1] - c1[p])
+                    mid = 0.5 * (c1[p + 1] + c1[p])
+                    for q in range(Q):
+                        x1 = mid + half * t[q]
+                        g1 = half * wt[q] * math.exp(-0.5 * x1 * x1) * 0.3989422804014327
+                        fa = phi(ma + SA[a] * x1)
+                        if tau == 0.0:
+                            outer += g1 * fa * phi(mb + beta * x1)
+                        else:
+                            mb1 = mb + beta * x1
+                            nb_ = _panel_cuts(c2, kinks, mb1, tau)
+                            inner = 0.0
+                            for p2 in range(nb_ - 1):
+                                h2 = 0.5 * (c2[p2 + 1] - c2[p2])
+                                m2 = 0.5 * (c2[p2 + 1] + c2[p2])
+                                for q2 in range(Q):
+                                    x2 = m2 + h2 * t[q2]
+                                    inner += h2 * wt[q2] * math.exp(-0.5 * x2 * x2) * phi(mb1 + tau * x2)
+                            outer += g1 * fa * inner * 0.3989422804014327
+                acc += w[i] * outer
+            out[a, b] = acc
+    return out

@@ -1,0 +1,982 @@
+"""Equilibrium adaptive-kernel theory for any activation (docs/theory.md, sections 2, 3 and 5).
+
+:class:`AdaptiveKernel` solves the saddle point (2.3)-(2.4) of the mean-field action on a finite data
+set and predicts with kernel ridge regression in the adapted kernel (2.5); :meth:`AdaptiveKernel.transfer`
+solves the quenched target problem (3.1)-(3.3). The numerical method is described in docs/adaptive.md:
+
+* The saddle point is the unique minimiser of a convex function of the dual vector ``v`` (adaptive
+  eq. (A.1)); it is found by damped Newton steps whose gradient and Hessian are moments of the
+  single-site measure. The plain fixed-point iteration ``v <- (Phi(v) + lambda)^-1 y`` is that Newton
+  step with the (positive) covariance part of the Hessian dropped, which is why it overshoots out of
+  the normalisable region for linearly growing activations.
+* Moments are Monte Carlo averages over the single-site measure, sampled by elliptical slice sampling
+  in the weight coordinates of the span of the training inputs (Numba, parallel over chains, see
+  :mod:`symtransfer.theory._sampling`). Between draws the same samples are importance-reweighted to
+  the current ``v``: the map being solved is then a deterministic function (common random numbers),
+  so the residual can be driven far below the Monte Carlo error, which is reported separately.
+* For one task, each draw also yields i.i.d. samples of the Gaussian fitted to the measure; with
+  importance weights and the Gaussian's own moments as a control variate (adaptive eq. (A.5)) the
+  Monte Carlo error drops about tenfold (exact for linear ``phi``).
+* Preactivations on inputs outside the sampled subspace are Gaussian given the sample; they enter by
+  quadrature (Gauss-Hermite, or Gauss-Legendre panels split at kinks), and the lazy kernel
+  (``gamma = 0``) by the closed-form dual kernels of
+  :meth:`symtransfer.activations.Activation.dual_kernel`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._validation import check_inputs, check_int, check_real, check_Xy
+from ..activations import get_activation
+from ..errors import ConvergenceError, NoSaddlePointError
+from . import _sampling
+
+__all__ = ["AdaptiveKernel", "AdaptiveTransfer"]
+
+_N_GH = 48      # 1-D Gauss-Hermite nodes for conditional means
+_N_GH2 = 16     # per axis for conditional pair moments
+_N_GL = 40      # Gauss-Legendre nodes per smooth panel for activations with kinks
+_N_GL2 = 20     # the same per axis for pair moments
+_N_GH_CV = 48   # per axis for the Gaussian-reference moments of the control variate
+_KISH_IS = 0.3  # i.i.d. draws from the reference are used when their weights keep this fraction
+_REF_INFLATE = 1.1   # a reference wider than the target keeps the slice likelihood decaying in the tails
+_KISH_TRUST = 0.3    # reweighted estimates are trusted down to this effective-sample fraction
+_KISH_REDRAW = 0.7   # below this, draw fresh samples at the current v
+_KISH_FINAL = 0.9    # the answer is accepted only from samples drawn this close to the solution
+_FULL_STEP = 0.25   # squared Newton decrement below which full steps are taken
+_DIVERGED_SQ = 6.0   # mean |zeta|^2 / r above this: the chains run away (tilt not normalisable)
+
+
+def _gauss_hermite(n):
+    nodes, wts = np.polynomial.hermite_e.hermegauss(n)
+    return np.ascontiguousarray(nodes), np.ascontiguousarray(wts / wts.sum())
+
+
+def _row_basis(X, tol=1e-10):
+    """Orthonormal basis ``(D, r)`` of the row space of ``X`` and the factor ``L = X V / sqrt(D)``."""
+    D = X.shape[1]
+    _, S, Vt = np.linalg.svd(X, full_matrices=False)
+    if S.size == 0 or S[0] == 0.0:
+        return np.zeros((D, 0)), np.zeros((X.shape[0], 0))
+    V = np.ascontiguousarray(Vt[S > tol * S[0]].T)
+    return V, X @ V / math.sqrt(D)
+
+
+def _complement_basis(V, X, tol=1e-10):
+    """Orthonormal basis of ``span(V, rows of X)`` minus ``span(V)``."""
+    R = X.T - V @ (V.T @ X.T)
+    if R.size == 0:
+        return np.zeros((V.shape[0], 0))
+    U, S, _ = np.linalg.svd(R, full_matrices=False)
+    scale = max(np.linalg.norm(X), 1e-300)
+    return np.ascontiguousarray(U[:, S > tol * scale])
+
+
+def _asymptotic_slopes(act):
+    """Slopes ``(a+, a-)`` of ``phi(x) ~ a+- x`` at ``x -> +-inf`` (zero for bounded ``phi``).
+
+    The tilt of eq. (2.4) along a ray ``z = t e`` grows like ``t^2 (v . phi_inf(L e))^2`` with
+    ``phi_inf(u) = a+ max(u, 0) + a- min(u, 0)``; this decides normalisability (eq. (2.6)).
+    """
+    if act.growth == "bounded":
+        return 0.0, 0.0
+    import sympy as sp
+
+    from ..activations import x as xs
+
+    out = []
+    for direction in (sp.oo, -sp.oo):
+        try:
+            lim = sp.limit(act.expr / xs, xs, direction)
+            val = float(lim)
+            if not math.isfinite(val):
+                raise ValueError
+        except Exception:  # undecidable: the largest slope on a sample of large |x| is conservative
+            t = np.array([1e3, 1e4, 1e5]) * (1.0 if direction == sp.oo else -1.0)
+            val = float(np.max(np.abs(act(t) / t)))
+        out.append(val)
+    return out[0], out[1]
+
+
+def _kappa(v, L, slopes, starts, n_ascent=20):
+    """Lower estimate of ``kappa(v) = max_{|e|=1} (v . phi_inf(L e))^2`` by multistart ascent.
+
+    For a fixed sign pattern of ``L e`` the objective is linear in ``e`` and its maximiser on the
+    sphere is the normalised gradient; alternating pattern and maximiser is run from every start and
+    the best value seen is returned with, per start, the best direction and value. The measure is normalisable iff
+    ``2 c s^2 kappa(v) < 1`` (docs/adaptive.md, eq. (A.3)).
+    """
+    ap, am = slopes
+    if (ap == 0.0 and am == 0.0) or L.shape[1] == 0 or not np.any(v):
+        return 0.0, None, None
+    E = starts / np.maximum(np.linalg.norm(starts, axis=1, keepdims=True), 1e-300)
+    bestE, bestf = E.copy(), np.zeros(E.shape[0])
+    for _ in range(n_ascent):
+        Hs = E @ L.T
+        d = np.where(Hs > 0.0, ap, am)
+        f = (Hs * d) @ v
+        better = f * f > bestf
+        bestf = np.where(better, f * f, bestf)
+        bestE[better] = E[better]
+        grad = np.sign(f)[:, None] * ((d * v) @ L)
+        nrm = np.linalg.norm(grad, axis=1, keepdims=True)
+        E = np.where(nrm > 0.0, grad / np.maximum(nrm, 1e-300), E)
+    return float(bestf.max()), bestE, bestf
+
+
+def _kinks(act):
+    """Sorted kink locations of ``phi`` (empty for smooth activations)."""
+    try:  # the activations module owns the symbolic analysis
+        from ..activations import _has_kink, _kink_points
+
+        pts = _kink_points(act.expr) if _has_kink(act.expr) else []
+    except Exception:
+        pts = []
+    return np.asarray(sorted(pts), dtype=np.float64)
+
+
+def _gauss_pair_moments(phi, kinks, mA, mB, R, sA, sB):
+    """``E[phi(u_a) phi(u_b)]`` for Gaussian ``(u_a, u_b)`` with means ``mA, mB``, covariance ``R``."""
+    one = np.ones(1)
+    mA, mB = np.ascontiguousarray(mA[None, :]), np.ascontiguousarray(mB[None, :])
+    R = np.ascontiguousarray(R)
+    if kinks.size:
+        t, wt = np.polynomial.legendre.leggauss(_N_GL2)
+        return _sampling.gl_pair_split(phi, mA, mB, sA, sB, R, one, kinks, t, wt)
+    nodes, wts = _gauss_hermite(_N_GH_CV)
+    return _sampling.gh_pair(phi, mA, mB, sA, sB, R, one, nodes, wts)
+
+
+class _Rep:
+    """Weighted samples of a single-site measure in weight space.
+
+    Sample ``i`` carries the part ``Wk[i]`` of its hidden weight that is known; the rest is a centred
+    Gaussian independent of everything sampled, with covariance ``sum_k coef_k (I - V_k V_k^T)``. A
+    preactivation ``h(x) = w.x/sqrt(D)`` is therefore Gaussian given the sample, with mean
+    ``Wk[i].x/sqrt(D)`` and covariance ``sum_k coef_k (x.x' - (V_k^T x).(V_k^T x'))/D`` (eq. (2.5)).
+    """
+
+    def __init__(self, Wk, w, batch, n_batches, terms, phi, kinks, u=None, q=None):
+        self.Wk, self.w, self.batch, self.n_batches = Wk, w, batch, n_batches
+        self.terms, self.phi, self.kinks = terms, phi, kinks
+        self.D = Wk.shape[1]
+        # control variate: estimates are sum_i (w_i - u_i) g_i + E_q[g] with q = N(Vmu, V C V^T) on
+        # the sampled coordinates and the prior s2 elsewhere (q = (V mu, V, C, s2))
+        self.u = np.zeros_like(w) if u is None else u
+        self.q = q
+        self.weff = self.w - self.u
+
+    def qkernel(self, XA, XB):
+        """``E_q[phi(h(x)) phi(h(x'))]`` under the Gaussian reference (0 without control variate)."""
+        if self.q is None:
+            return 0.0
+        muw, V, C, s2 = self.q
+        D = self.D
+        PA, PB = XA @ V, XB @ V
+        R = (PA @ C @ PB.T + s2 * (XA @ XB.T - PA @ PB.T)) / D
+        vA = np.sum((PA @ C) * PA, axis=1) / D + s2 * (np.sum(XA * XA, axis=1) - np.sum(PA * PA, axis=1)) / D
+        vB = np.sum((PB @ C) * PB, axis=1) / D + s2 * (np.sum(XB * XB, axis=1) - np.sum(PB * PB, axis=1)) / D
+        sA, sB = np.sqrt(np.maximum(vA, 0.0)), np.sqrt(np.maximum(vB, 0.0))
+        return _gauss_pair_moments(self.phi, self.kinks, XA @ muw / math.sqrt(D), XB @ muw / math.sqrt(D),
+                                   R, sA, sB)
+
+    def means(self, X):
+        return np.ascontiguousarray(self.Wk @ X.T / math.sqrt(self.D))
+
+    def resid_cov(self, XA, XB):
+        out = np.zeros((XA.shape[0], XB.shape[0]))
+        for coef, V in self.terms:
+            if coef != 0.0:
+                out += coef * (XA @ XB.T - (XA @ V) @ (V.T @ XB.T)) / self.D
+        return out
+
+    def resid_sd(self, X):
+        var = np.zeros(X.shape[0])
+        for coef, V in self.terms:
+            if coef != 0.0:
+                var += coef * (np.sum(X * X, axis=1) - np.sum((X @ V) ** 2, axis=1)) / self.D
+        # below round-off the input lies in the known subspace
+        scale = np.sum(X * X, axis=1) / self.D * max(sum(abs(c) for c, _ in self.terms), 1e-300)
+        var[var <= 1e-12 * scale] = 0.0
+        return np.sqrt(var)
+
+    def features(self, X):
+        """``E[phi(h(x)) | sample]``, shape ``(n, len(X))``."""
+        sd = self.resid_sd(X)
+        M = self.means(X)
+        if not np.any(sd > 0.0):
+            return _sampling.phi_matrix(self.phi, M)
+        if self.kinks.size:
+            t, w = np.polynomial.legendre.leggauss(_N_GL)
+            return _sampling.gl_mean_split(self.phi, M, sd, self.kinks, t, w)
+        nodes, wts = _gauss_hermite(_N_GH)
+        return _sampling.gh_mean(self.phi, M, sd, nodes, wts)
+
+    def kernel(self, XA, XB):
+        out = self._kernel(XA, XB)
+        # the tensor rules treat the two axes differently: restore the exact symmetry
+        return 0.5 * (out + out.T) if XB is XA else out
+
+    def _kernel(self, XA, XB):
+        R = self.resid_cov(XA, XB)
+        sA, sB = self.resid_sd(XA), self.resid_sd(XB)
+        tiny = 1e-12 * max(float(np.max(sA, initial=0.0)) * float(np.max(sB, initial=0.0)), 1e-300)
+        if np.all(np.abs(R) <= tiny):
+            # conditionally independent preactivations: E[phi phi'] = E[phi] E[phi']
+            FA = self.features(XA)
+            FB = FA if XB is XA else self.features(XB)
+            return FA.T @ (self.weff[:, None] * FB) + self.qkernel(XA, XB)
+        if self.kinks.size:
+            t, wt = np.polynomial.legendre.leggauss(_N_GL2)
+            return _sampling.gl_pair_split(self.phi, self.means(XA), self.means(XB), sA, sB, R, self.weff,
+                                           self.kinks, t, wt) + self.qkernel(XA, XB)
+        nodes, wts = _gauss_hermite(_N_GH2)
+        return _sampling.gh_pair(self.phi, self.means(XA), self.means(XB), sA, sB, R,
+                                 self.weff, nodes, wts) + self.qkernel(XA, XB)
+
+    def extend(self, X2, s2, seed):
+        """The same measure with the known subspace enlarged by the row space of ``X2``.
+
+        Only valid when every residual term has the same coefficient ``s2`` over the same basis
+        (a one-task measure): the new coordinates are prior draws ``N(0, s2)``.
+        """
+        (coef, V), = self.terms
+        Vn = _complement_basis(V, X2)
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
+        Wk = self.Wk + math.sqrt(s2) * rng.standard_normal((self.Wk.shape[0], Vn.shape[1])) @ Vn.T
+        return _Rep(Wk, self.w, self.batch, self.n_batches, [(coef, np.hstack([V, Vn]))], self.phi,
+                    self.kinks, self.u, self.q)
+
+
+class _SampleSet:
+    """Samples of ``phi(h)`` on the training inputs, drawn at ``v0``, grouped for quenched averages."""
+
+    def __init__(self, psi, Z, n_groups, quenched, v0, logw0=None, cv=None, q=None):
+        self.psi, self.Z = psi, Z
+        self.G = n_groups
+        self.quenched = quenched
+        self.v0 = v0.copy()
+        self.s0 = psi @ v0
+        # i.i.d. draws from a Gaussian reference q carry importance weights p/q (logw0) and the
+        # control variate cv = E_q[psi psi^T] - mean(psi psi^T) (docs/adaptive.md, eq. (A.5))
+        self.logw0 = np.zeros(len(psi)) if logw0 is None else logw0
+        self.cv = cv
+        self.q = q
+        self.kish0 = 1.0
+        self.kish0 = _reweight(self, v0, 0.0)[3]
+
+
+def _gram(psi, w):
+    """``sum_i w_i psi_i psi_i^T``.
+
+    einsum keeps this off the threaded BLAS, which contends with Numba's OpenMP workers on few cores
+    (measured 3.5x slower than einsum for n = 16384, P = 40 after a parallel Numba call).
+    """
+    return np.einsum("ni,nj->ij", psi * w[:, None], psi, optimize=False)
+
+
+def _reweight(ss, v, c):
+    """Normalised importance weights from ``v0`` to ``v``, ``ln Z(v)/Z(v0)`` and the Kish fraction."""
+    s = ss.psi @ v
+    a = c * (s * s - ss.s0 * ss.s0) + ss.logw0
+    G = ss.G if ss.quenched else 1
+    a = a.reshape(G, -1)
+    amax = a.max(axis=1, keepdims=True)
+    e = np.exp(a - amax)
+    Zg = e.sum(axis=1)
+    ng = a.shape[1]
+    w = (e / Zg[:, None] / G).reshape(-1)
+    lnZ = float(np.mean(np.log(Zg / ng) + amax[:, 0]))
+    kish = float(np.mean(Zg**2 / np.sum(e * e, axis=1)) / ng) / ss.kish0
+    return w, s, lnZ, kish
+
+
+def _moments(ss, v, w, s, c, lam, y, hessian=True):
+    """Kernel ``Phi(v)``, gradient ``(Phi + lam) v - y`` and Hessian (docs/adaptive.md, eq. (A.2))."""
+    psi = ss.psi
+    Phi = _gram(psi, w)
+    if ss.cv is not None:
+        Phi = Phi + ss.cv
+    g = Phi @ v + lam * v - y
+    if not hessian:
+        return Phi, g, None
+    G = ss.G if ss.quenched else 1
+    Mg = (w * s)[:, None] * psi
+    Mg = Mg.reshape(G, -1, psi.shape[1]).sum(axis=1)
+    cov = _gram(psi, w * s * s) - G * (Mg.T @ Mg)
+    H = Phi + 2.0 * c * cov + lam * np.eye(len(v))
+    return Phi, g, 0.5 * (H + H.T)
+
+
+class _Diverged(Exception):
+    pass
+
+
+def _newton(draw, y, lam, c, tol, max_iter):
+    """Damped Newton on the convex potential ``E(v)`` (docs/adaptive.md, eq. (A.1)).
+
+    ``draw(v)`` returns a :class:`_SampleSet` of the measure tilted by ``v`` or raises
+    :class:`_Diverged`. Returns ``(v, sample set, weights, Phi, H, residual history, n_iter, n_draws)``.
+    """
+    P = len(y)
+    v = np.zeros(P)
+    ss = draw(v)
+    n_draws = 1
+    history = []
+    n_fail = 0
+
+    def redraw(vv, v_good, n_fail):
+        while True:
+            try:
+                return draw(vv), vv, n_fail
+            except _Diverged:
+                # outside the normalisable region (eq. 2.6): retreat towards the last good point
+                n_fail += 1
+                if n_fail > 20:
+                    raise ConvergenceError(
+                        "the single-site measure stayed non-normalisable along the Newton path "
+                        "(chains diverged 20 times)", history) from None
+                vv = v_good + 0.25 * (vv - v_good)
+
+    def energy(vv, lnZ):
+        # the control variate shifts Phi by a constant matrix: its potential is 1/2 v^T cv v
+        cvq = 0.0 if ss.cv is None else 0.5 * vv @ ss.cv @ vv
+        return 0.5 * lam * vv @ vv - y @ vv + cvq + (lnZ / (2.0 * c) if c > 0.0 else 0.0)
+
+    for it in range(1, max_iter + 1):
+        w, s, lnZ, kish = _reweight(ss, v, c)
+        Phi, g, H = _moments(ss, v, w, s, c, lam, y)
+        vp = np.linalg.solve(Phi + lam * np.eye(P), y)
+        wp = _reweight(ss, vp, c)[0]
+        Phip = _gram(ss.psi, wp) + (0.0 if ss.cv is None else ss.cv)
+        # the kernel residual alone vanishes at any v when the tilt is weak: include the dual equation
+        res = max(float(np.linalg.norm(Phip - Phi) / max(np.linalg.norm(Phi), 1e-300)),
+                  float(np.linalg.norm(g) / max(np.linalg.norm(y), 1e-300)))
+        history.append(res)
+        if res < tol and kish >= _KISH_FINAL:
+            return v, ss, w, Phi, H, history, it, n_draws
+        if res < tol:
+            # solved on samples drawn too far away: redraw here and polish
+            ss, v, n_fail = redraw(v, ss.v0, n_fail)
+            n_draws += 1
+            continue
+        d = -np.linalg.solve(H, g)
+        slope = float(g @ d)
+        E0 = energy(v, lnZ)
+        # fraction to the boundary of the normalisable region, as in interior-point methods:
+        # E(v) is infinite outside it and the reweighted estimate cannot see that (eq. (A.3))
+        tau_max = 0.5 * (1.0 + draw.tau(v))
+        # damped Newton (Nesterov-Nemirovski): a step of Hessian length < 1 stays inside the domain of
+        # a self-concordant barrier; ln Z behaves like one near the edge of normalisability
+        # (bounded activations have no edge: plain Newton with the line search)
+        t = (1.0 / (1.0 + math.sqrt(max(-slope, 0.0)))
+             if draw.has_edge and -slope > _FULL_STEP else 1.0)
+        while True:
+            vt = v + t * d
+            _, _, lnZt, kisht = _reweight(ss, vt, c)
+            if (kisht >= _KISH_TRUST and energy(vt, lnZt) <= E0 + 1e-4 * t * slope
+                    and draw.tau(vt) <= tau_max):
+                break
+            t *= 0.5
+            if t < 1e-10:
+                break
+        if t < 1e-10:
+            if np.array_equal(v, ss.v0):
+                raise ConvergenceError(
+                    "the Newton step found no descent on the reweighted potential even on samples drawn "
+                    "at the current point (Monte Carlo noise dominates, or the solution lies at the edge "
+                    "of normalisability, docs/adaptive.md section 6: increase n_samples)", history)
+            ss, v, n_fail = redraw(v, ss.v0, n_fail)  # the old samples are exhausted: draw here
+            n_draws += 1
+            continue
+        v = vt
+        if kisht < _KISH_REDRAW:
+            ss, v, n_fail = redraw(v, ss.v0, n_fail)
+            n_draws += 1
+    raise ConvergenceError(f"no convergence to tol={tol:g} in max_iter={max_iter} Newton iterations",
+                           history)
+
+
+class _ESSDraw:
+    """Draws the tilted measure with common random numbers; adapts the Gaussian reference.
+
+    Chain ``k`` has prior ``N(mu_prior[k], s2 I)`` on the coordinates ``z`` (``h = L z``). With
+    ``quenched=False`` all chains sample one measure; with ``quenched=True`` chain ``k`` is the
+    conditional measure of group ``k`` and the reference mean is regressed on the prior mean.
+    """
+
+    def __init__(self, L, s2, c, phi, slopes, mu_prior, n_burn, n_keep, quenched, seed, kinks=None):
+        self.L = np.ascontiguousarray(L)
+        self.s2, self.c, self.phi = s2, c, phi
+        self.mu_prior = np.ascontiguousarray(mu_prior)
+        C, r = mu_prior.shape
+        self.C, self.r = C, r
+        self.n_burn, self.n_keep, self.quenched = n_burn, n_keep, quenched
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
+        self.normals = rng.standard_normal((C, n_burn + n_keep, r))
+        self.zeta0 = rng.standard_normal((C, r))
+        self.seeds = rng.integers(1, 2**62, size=C).astype(np.uint64)
+        self.A = math.sqrt(s2) * np.eye(r)
+        self.mu_ref = self.mu_prior.copy()
+        self.z_last = None
+        self.kinks = np.zeros(0) if kinks is None else kinks
+        # i.i.d. reference draws for importance sampling with a control variate (one task only)
+        self.is_normals = None if quenched else rng.standard_normal((C * n_keep, r))
+        self.used_is = False
+        self.slopes = slopes
+        self.has_edge = c > 0.0 and (slopes[0] != 0.0 or slopes[1] != 0.0)
+        self.pool = rng.standard_normal((64, r))  # candidate directions of steepest tilt growth
+
+    def tau(self, v, extra=None):
+        """``2 c s^2 kappa(v)``: the tilted measure is normalisable iff this is < 1 (eq. (A.3)).
+
+        ``kappa`` is estimated by ascent from a pool of directions that keeps the best local maxima
+        found so far (including those along which earlier chains escaped), so the estimate only
+        improves along the solver path.
+        """
+        if self.c == 0.0:
+            return 0.0
+        starts = self.pool if extra is None else np.vstack([self.pool, extra])
+        k, E, vals = _kappa(v, self.L, self.slopes, starts)
+        if E is not None:
+            order = np.argsort(vals)[::-1]
+            keep = [E[order[0]]]
+            for i in order[1:]:
+                if len(keep) >= 64:
+                    break
+                if np.max(np.abs(np.asarray(keep) @ E[i])) < 0.999:
+                    keep.append(E[i])
+            self.pool = np.asarray(keep)
+        return 2.0 * self.c * self.s2 * k
+
+    def __call__(self, v):
+        C, r, P = self.C, self.r, self.L.shape[0]
+        A = np.ascontiguousarray(self.A)
+        B = np.ascontiguousarray(self.L @ A)
+        mu_ref = np.ascontiguousarray(self.mu_ref)
+        href = np.ascontiguousarray(mu_ref @ self.L.T)
+        dref = np.ascontiguousarray(mu_ref - self.mu_prior)
+        if self.z_last is None:
+            zeta0 = self.zeta0
+        else:
+            # warm start from the last states: a fresh start from the reference would let a reference
+            # wider than the target feed back into the next fit through slow mixing
+            zeta0 = np.linalg.solve(A, (self.z_last - mu_ref).T).T
+        zeta = np.empty((C, self.n_keep, r))
+        psi = np.empty((C, self.n_keep, P))
+        sq = np.empty(C)
+        _sampling.ess_sample(self.phi, B, A, href, dref, 1.0 / self.s2, np.ascontiguousarray(v), self.c,
+                             np.ascontiguousarray(zeta0), self.normals, self.seeds, self.n_burn, self.n_keep,
+                             zeta, psi, sq)
+        if not (np.all(np.isfinite(psi)) and np.all(np.isfinite(zeta))):
+            raise _Diverged()
+        Z = mu_ref[:, None, :] + zeta @ A.T
+        # escaping chains point along the directions where the tilt beats the prior: they seed the
+        # pool of the normalisability estimate even when this draw is rejected
+        rel = (Z - self.mu_prior[:, None, :]).reshape(-1, r)
+        s_abs = np.abs(psi.reshape(-1, P) @ v) / np.maximum(np.linalg.norm(rel, axis=1), 1e-300)
+        top = rel[np.argsort(s_abs)[-128:]]
+        if self.tau(v, extra=top) >= 1.0 or np.mean(sq) > _DIVERGED_SQ * max(r, 1):
+            raise _Diverged()
+        self.z_last = np.ascontiguousarray(Z[:, -1, :])
+        self._adapt(Z)
+        if self.is_normals is not None and r > 0:
+            ss = self._importance(v)
+            if ss is not None:
+                self.used_is = True
+                return ss
+        self.used_is = False
+        return _SampleSet(psi.reshape(C * self.n_keep, P), Z.reshape(C * self.n_keep, r), C,
+                          self.quenched, v)
+
+    def _importance(self, v):
+        """I.i.d. draws from the just-fitted Gaussian reference q, weighted by p/q, with the control
+        variate ``E_q[psi psi^T]`` computed by quadrature (docs/adaptive.md, eq. (A.5)).
+
+        Returns ``None`` when the weights are too uneven (the reference misses the target's shape).
+        """
+        mu, A = self.mu_ref[0], self.A
+        zeta = self.is_normals
+        Z = mu + zeta @ A.T
+        psi = _sampling.phi_matrix(self.phi, np.ascontiguousarray(np.einsum('nr,pr->np', Z, self.L)))
+        sv = psi @ v
+        logw = -0.5 * np.sum(Z * Z, axis=1) / self.s2 + self.c * sv * sv + 0.5 * np.sum(zeta * zeta, axis=1)
+        e = np.exp(logw - logw.max())
+        if not (np.all(np.isfinite(e)) and e.sum() ** 2 / np.sum(e * e) >= _KISH_IS * len(e)):
+            return None
+        B = self.L @ A
+        R = B @ B.T
+        sd = np.sqrt(np.maximum(np.diag(R), 0.0))
+        m = self.L @ mu
+        Q = _gauss_pair_moments(self.phi, self.kinks, m, m, R, sd, sd)
+        Q = 0.5 * (Q + Q.T)
+        cv = Q - _gram(psi, np.full(len(psi), 1.0 / len(psi)))
+        return _SampleSet(psi, Z, self.C, False, v, logw0=logw, cv=cv, q=(mu.copy(), A @ A.T))
+
+    def _adapt(self, Z):
+        C, n, r = Z.shape
+        if r == 0:
+            return
+        if not self.quenched:
+            flat = Z.reshape(-1, r)
+            mu = flat.mean(axis=0)
+            cov = np.cov(flat, rowvar=False).reshape(r, r)
+            self.mu_ref = np.tile(mu, (C, 1))
+        else:
+            means = Z.mean(axis=1)
+            within = Z - means[:, None, :]
+            cov = np.einsum("cni,cnj->ij", within, within) / max(C * (n - 1), 1)
+            Xd = np.hstack([self.mu_prior, np.ones((C, 1))])
+            coef = np.linalg.lstsq(Xd, means, rcond=None)[0]
+            self.mu_ref = Xd @ coef
+        cov = _REF_INFLATE * 0.5 * (cov + cov.T) + 1e-10 * self.s2 * np.eye(r)
+        try:
+            self.A = np.linalg.cholesky(cov)
+        except np.linalg.LinAlgError:
+            self.A = math.sqrt(self.s2) * np.eye(r)
+
+
+def _batch_weights(w, u, idx):
+    """Weights of one batch's own estimate (importance part renormalised, control variate uniform)."""
+    wb = w[idx] / w[idx].sum()
+    ub = u[idx]
+    return wb - (ub / ub.sum() if ub.sum() > 0 else ub)
+
+
+def _batch_stderr(psi, w, u, batch, n_batches):
+    """Standard error of the kernel estimate from batch means (batches are independent chains)."""
+    P = psi.shape[1]
+    est = np.empty((n_batches, P, P))
+    for b in range(n_batches):
+        idx = batch == b
+        est[b] = _gram(psi[idx], _batch_weights(w, u, idx))
+    return est.std(axis=0, ddof=1) / math.sqrt(n_batches)
+
+
+class _AdaptiveBase:
+    """Prediction, kernels and observables shared by the one-task and the transfer model."""
+
+    def _check_fitted(self):
+        if not hasattr(self, "Phi_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted yet: call fit(X, y) first")
+
+    def _check_X(self, X, name="X"):
+        self._check_fitted()
+        return check_inputs(X, name, self.X_.shape[1])
+
+    def kernel(self, XA, XB=None):
+        """Adapted kernel ``Phi(x, x')`` between the rows of ``XA`` and ``XB`` (eq. (2.5), (3.3)).
+
+        Inputs outside the span of the training inputs enter through their Gaussian conditional
+        (Gauss-Hermite quadrature); ``kernel(X_train)`` equals ``Phi_``.
+        """
+        XA = self._check_X(XA, "XA")
+        XB = XA if XB is None else self._check_X(XB, "XB")
+        if self._exact is not None:
+            return self._exact.kernel(XA, XB)
+        if self._rep is None:
+            return self._lazy_kernel(XA, XB)
+        return self._rep.kernel(XA, XB)
+
+    def _lazy_kernel(self, XA, XB):
+        s2 = self.s2_
+        kAB = XA @ XB.T / XA.shape[1]
+        dA = np.sum(XA * XA, axis=1)[:, None] / XA.shape[1]
+        dB = np.sum(XB * XB, axis=1)[None, :] / XB.shape[1]
+        # keep the correlation inside [-1, 1] against round-off
+        lim = np.sqrt(dA * dB)
+        kAB = np.clip(kAB, -lim, lim)
+        return np.asarray(self.activation_.dual_kernel(s2 * dA, s2 * kAB, s2 * dB), dtype=np.float64)
+
+    def _cross(self, X):
+        """``Phi(x, X_train)`` and, when sampled, the conditional features ``F``."""
+        if self._rep is None:
+            return self._lazy_kernel(X, self.X_), None
+        F = self._rep.features(X)
+        return F.T @ (self._rep.weff[:, None] * self._psi) + self._rep.qkernel(X, self.X_), F
+
+    def predict(self, X, return_std=False):
+        """Mean predictor ``Phi(x, X)(Phi + lambda I)^-1 y`` (eq. (2.5), (3.3)).
+
+        Parameters
+        ----------
+        X : array (n, D)
+        return_std : bool
+            Also return the Monte Carlo standard error of each prediction (delta method through the
+            fixed point, docs/adaptive.md, eq. (A.4)); zeros for the exact and lazy solutions.
+        """
+        X = self._check_X(X)
+        if self._exact is not None:
+            f = self._exact.predict(X)
+            return (f, np.zeros_like(f)) if return_std else f
+        k, F = self._cross(X)
+        f = k @ self.v_
+        if not return_std:
+            return f
+        if F is None:
+            return f, np.zeros_like(f)
+        return f, self._predict_std(F, k)
+
+    def _predict_std(self, F, k):
+        rep, psi, v, c = self._rep, self._psi, self.v_, self._c
+        w, weff, s = rep.w, rep.weff, psi @ v
+        G = self._n_groups
+        B = rep.n_batches
+        nt = F.shape[1]
+        Fs = F * s[:, None]
+        kv = weff @ Fs                                  # k(x).v without the constant E_q part
+        Phiv = psi.T @ (weff * s)
+        # derivative of f(x; v) = k(x; v).v with respect to v, eq. (A.4)
+        J = k.copy()
+        if c > 0.0:
+            FG = (w[:, None] * Fs).reshape(G, -1, nt).sum(axis=1)
+            MG = ((w * s)[:, None] * psi).reshape(G, -1, psi.shape[1]).sum(axis=1)
+            J = J + 2.0 * c * ((Fs * (w * s)[:, None]).T @ psi - G * FG.T @ MG)
+        Hinv = np.linalg.inv(self._H)
+        dev = np.empty((B, nt))
+        for b in range(B):
+            idx = rep.batch == b
+            wb = _batch_weights(w, rep.u, idx)
+            dkv = wb @ Fs[idx] - kv
+            dPhiv = psi[idx].T @ (wb * s[idx]) - Phiv
+            dev[b] = dkv - J @ (Hinv @ dPhiv)
+        return np.sqrt(np.sum(dev**2, axis=0) / (B * (B - 1)))
+
+    def test_error(self, X, y):
+        """Mean squared error ``mean (f(x) - y)^2`` on held-out data (section 5)."""
+        X, y = check_Xy(X, y)
+        return float(np.mean((self.predict(X) - y) ** 2))
+
+    def score(self, X, y):
+        """Coefficient of determination ``R^2`` of :meth:`predict` (scikit-learn convention)."""
+        X, y = check_Xy(X, y)
+        f = self.predict(X)
+        ss = float(np.sum((y - y.mean()) ** 2))
+        return 1.0 - float(np.sum((y - f) ** 2)) / ss if ss > 0 else float("nan")
+
+    def alignment(self, X, y):
+        """Kernel-task alignment ``A = y^T Phi y / (||Phi||_F ||y||^2)`` on ``(X, y)`` (section 5)."""
+        X, y = check_Xy(X, y)
+        Phi = self.kernel(X)
+        return float(y @ Phi @ y / (np.linalg.norm(Phi) * (y @ y)))
+
+    def _set_no_solver(self):
+        self.converged_, self.n_iter_, self.n_draws_ = True, 0, 0
+        self.residuals_ = [0.0]
+        self.residual_ = 0.0
+
+    def _set_exact_diagnostics(self):
+        self.Phi_stderr_ = np.zeros_like(self.Phi_)
+        self.mc_error_ = 0.0
+        self._set_no_solver()
+
+    def _set_from_samples(self, rep, psi, Phi, v, H, c, n_groups):
+        self._rep, self._psi, self._H, self._c, self._n_groups = rep, psi, H, c, n_groups
+        self.Phi_ = 0.5 * (Phi + Phi.T)
+        self.v_ = v
+        self.Phi_stderr_ = _batch_stderr(psi, rep.w, rep.u, rep.batch, rep.n_batches)
+        self.mc_error_ = float(np.linalg.norm(self.Phi_stderr_) / np.linalg.norm(self.Phi_))
+
+
+def _check_common(est):
+    act = get_activation(est.activation)
+    gamma = check_real("gamma", est.gamma, low=0.0)
+    lam = check_real("weight_decay", est.weight_decay, low=0.0, low_open=True)
+    T = check_real("temperature", est.temperature, low=0.0, low_open=True)
+    return act, gamma, lam, T
+
+
+def _no_saddle(act, where="gamma"):
+    return NoSaddlePointError(
+        f"activation {act.name!r} grows faster than linearly: the tilt exp(c phi(h)^2) of the "
+        f"single-site measure (docs/theory.md, eq. (2.4)) is not normalisable for any {where} > 0, so the "
+        f"equilibrium saddle point does not exist (eq. (2.6)); at large width single neurons run away. "
+        f"Use the gradient-flow theory (GradientFlowDMFT, docs/theory.md section 4), which still applies.")
+
+
+class AdaptiveKernel(_AdaptiveBase):
+    """Infinite-width equilibrium of a two-layer mean-field network on one task (docs/theory.md §2).
+
+    Parameters
+    ----------
+    activation : str, sympy.Expr or Activation
+        ``phi``; must not grow faster than linearly when ``gamma > 0`` (eq. (2.6)).
+    gamma : float, >= 0
+        Feature-learning strength; ``0`` is the lazy limit (NNGP kernel ridge regression, eq. (2.7)).
+    weight_decay : float, > 0
+        ``lambda``; also the ridge of the predictor.
+    temperature : float, > 0
+        ``T``; prior variance ``s^2 = T/lambda`` (eq. (2.1)).
+    n_samples : int
+        Monte Carlo samples of the single-site measure (``n_chains`` chains of ``n_samples/n_chains``).
+    n_chains : int
+        Independent elliptical-slice chains (parallel; also the batches of the error estimate).
+    tol : float
+        Stop when the relative fixed-point residual ``||Phi(v(Phi)) - Phi||_F/||Phi||_F`` of the
+        (common-random-number) estimator falls below ``tol``.
+    max_iter : int
+        Maximum number of Newton iterations.
+    method : {"auto", "sampling"}
+        ``"auto"`` uses the exact solution for ``activation="linear"``
+        (:class:`symtransfer.theory.linear.LinearTheory`) and the closed-form dual kernel at
+        ``gamma = 0``; ``"sampling"`` always uses the Monte Carlo solver.
+    seed : int
+        Seeds every random number (results are reproducible and thread-count independent).
+
+    Attributes
+    ----------
+    Phi_ : ndarray (P, P)
+        Adapted kernel on the training inputs (eq. (2.4)).
+    v_ : ndarray (P,)
+        Dual vector ``(Phi + lambda I)^-1 y`` (eq. (2.3)).
+    Phi_stderr_ : ndarray (P, P)
+        Monte Carlo standard error of each entry of ``Phi_`` (at fixed ``v``).
+    mc_error_ : float
+        ``||Phi_stderr_||_F / ||Phi_||_F``.
+    converged_ : bool
+    n_iter_ : int
+        Newton iterations.
+    n_draws_ : int
+        Fresh Monte Carlo draws of the single-site measure.
+    residual_ : float
+        Final relative residual; ``residuals_`` holds the history.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((20, 10)); y = np.sign(X[:, 0])
+    >>> model = AdaptiveKernel("relu", gamma=1.0, n_samples=2048).fit(X, y)
+    >>> model.predict(X[:3]).shape
+    (3,)
+    """
+
+    def __init__(self, activation="relu", gamma=1.0, weight_decay=1.0, temperature=1.0, n_samples=8192,
+                 n_chains=64, tol=1e-4, max_iter=100, method="auto", seed=0):
+        self.activation = activation
+        self.gamma = gamma
+        self.weight_decay = weight_decay
+        self.temperature = temperature
+        self.n_samples = n_samples
+        self.n_chains = n_chains
+        self.tol = tol
+        self.max_iter = max_iter
+        self.method = method
+        self.seed = seed
+
+    def get_params(self):
+        """Constructor parameters (scikit-learn convention)."""
+        names = ("activation", "gamma", "weight_decay", "temperature", "n_samples", "n_chains", "tol",
+                 "max_iter", "method", "seed")
+        return {k: getattr(self, k) for k in names}
+
+    def _validated(self):
+        act, gamma, lam, T = _check_common(self)
+        n_chains = check_int("n_chains", self.n_chains, low=2)
+        n_samples = check_int("n_samples", self.n_samples, low=4 * n_chains)
+        tol = check_real("tol", self.tol, low=0.0, low_open=True)
+        max_iter = check_int("max_iter", self.max_iter, low=1)
+        seed = check_int("seed", self.seed, low=0)
+        if self.method not in ("auto", "sampling"):
+            raise ValueError(f"method must be 'auto' or 'sampling', got {self.method!r}")
+        return act, gamma, lam, T, n_samples, n_chains, tol, max_iter, seed
+
+    def fit(self, X, y):
+        """Solve the saddle point (eqs. (2.3)-(2.4)) on ``(X, y)``; returns ``self``.
+
+        Raises
+        ------
+        NoSaddlePointError
+            ``gamma > 0`` with an activation growing faster than linearly.
+        ConvergenceError
+            The Newton iteration did not reach ``tol`` (the residual history is attached).
+        """
+        act, gamma, lam, T, n_samples, n_chains, tol, max_iter, seed = self._validated()
+        X, y = check_Xy(X, y)
+        if gamma > 0.0 and act.growth == "superlinear":
+            raise _no_saddle(act)
+        self.activation_ = act
+        self.X_, self.y_ = X, y
+        self.s2_ = T / lam
+        self._exact = None
+        self._rep = None
+        P = X.shape[0]
+        if self.method == "auto" and act.name == "linear":
+            from .linear import LinearTheory
+
+            self._exact = LinearTheory(gamma=gamma, weight_decay=lam, temperature=T).fit(X, y)
+            self.Phi_, self.v_ = self._exact.Phi_, self._exact.v_
+            self._set_exact_diagnostics()
+            return self
+        if self.method == "auto" and gamma == 0.0:
+            self.Phi_ = self._lazy_kernel(X, X)
+            self.v_ = np.linalg.solve(self.Phi_ + lam * np.eye(P), y)
+            self._set_exact_diagnostics()
+            return self
+        c = gamma**2 / (2.0 * self.s2_)
+        V, L = _row_basis(X)
+        n_keep = max(n_samples // n_chains, 1)
+        draw = _ESSDraw(L, self.s2_, c, act.compile().phi, _asymptotic_slopes(act), np.zeros((n_chains, V.shape[1])),
+                        n_burn=max(n_keep // 4, 16), n_keep=n_keep, quenched=False, seed=seed,
+                        kinks=_kinks(act))
+        v, ss, w, Phi, H, hist, n_iter, n_draws = _newton(draw, y, lam, c, tol, max_iter)
+        batch = np.repeat(np.arange(n_chains), n_keep)
+        if ss.cv is not None:
+            mu, C = ss.q
+            rep = _Rep(ss.Z @ V.T, w, batch, n_chains, [(self.s2_, V)], act.compile().phi, _kinks(act),
+                       u=np.full(len(w), 1.0 / len(w)), q=(V @ mu, V, C, self.s2_))
+        else:
+            rep = _Rep(ss.Z @ V.T, w, batch, n_chains, [(self.s2_, V)], act.compile().phi, _kinks(act))
+        self._set_from_samples(rep, ss.psi, Phi, v, H, c, n_groups=1)
+        self.converged_, self.n_iter_, self.n_draws_ = True, n_iter, n_draws
+        self.residuals_ = hist
+        self.residual_ = hist[-1]
+        return self
+
+    def _source_rep(self, X2, n_samples, seed):
+        """Samples of the source measure with the known subspace covering ``X1 u X2``."""
+        if self._rep is not None:
+            return self._rep.extend(X2, self.s2_, seed)
+        # lazy source: the measure is the prior, drawn directly
+        V, _ = _row_basis(np.vstack([self.X_, X2]))
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 11]))
+        Wk = math.sqrt(self.s2_) * rng.standard_normal((n_samples, V.shape[1])) @ V.T
+        n_batches = 64
+        batch = np.arange(n_samples) * n_batches // n_samples
+        return _Rep(Wk, np.full(n_samples, 1.0 / n_samples), batch, n_batches, [(self.s2_, V)],
+                    self.activation_.compile().phi, _kinks(self.activation_))
+
+    def transfer(self, X2, y2, *, gamma, weight_decay, temperature, coupling, n_samples=None, n_inner=8,
+                 seed=None):
+        """Fitted target model trained from this source (docs/theory.md, section 3).
+
+        Parameters
+        ----------
+        X2, y2 : arrays
+            Target training set.
+        gamma, weight_decay, temperature : float
+            Target ``(gamma2, lambda2, T2)``.
+        coupling : float, >= 0 or inf
+            ``delta``: ``inf`` is readout fine-tuning on the source features (kernel ridge regression
+            with the source kernel), ``0`` is training from scratch, anything between is jointly rich.
+        n_samples : int, optional
+            Target Monte Carlo samples (default: the source's ``n_samples``).
+        n_inner : int
+            Samples of the target conditional per source sample (quenched average, eq. (3.2)).
+        seed : int, optional
+            Default: source seed + 1.
+
+        Returns
+        -------
+        AdaptiveTransfer
+        """
+        self._check_fitted()
+        return AdaptiveTransfer(self, gamma=gamma, weight_decay=weight_decay, temperature=temperature,
+                                coupling=coupling, n_samples=n_samples, n_inner=n_inner,
+                                seed=seed).fit(X2, y2)
+
+
+class AdaptiveTransfer(_AdaptiveBase):
+    """Target model after transfer from a fitted :class:`AdaptiveKernel` (docs/theory.md, section 3).
+
+    Built by :meth:`AdaptiveKernel.transfer`; has the same prediction and observable methods and
+    fitted attributes (``Phi_``, ``v_``, ``Phi_stderr_``, ``mc_error_``, ``converged_``, ``n_iter_``,
+    ``residual_``) plus ``m_`` and ``s2c_`` of eq. (3.1).
+    """
+
+    def __init__(self, source, gamma=1.0, weight_decay=1.0, temperature=1.0, coupling=0.0, n_samples=None,
+                 n_inner=8, seed=None):
+        self.source = source
+        self.activation = source.activation
+        self.gamma = gamma
+        self.weight_decay = weight_decay
+        self.temperature = temperature
+        self.coupling = coupling
+        self.n_samples = n_samples
+        self.n_inner = n_inner
+        self.seed = seed
+
+    def fit(self, X2, y2):
+        """Solve the quenched target saddle point (eqs. (3.1)-(3.3)); returns ``self``."""
+        src = self.source
+        if not isinstance(src, AdaptiveKernel) or not hasattr(src, "Phi_"):
+            raise ValueError("source must be a fitted AdaptiveKernel")
+        act, gamma, lam, T = _check_common(self)
+        delta = check_real("coupling", self.coupling, low=0.0, allow_inf=True)
+        n_samples = src.n_samples if self.n_samples is None else self.n_samples
+        n_samples = check_int("n_samples", n_samples, low=64)
+        n_inner = check_int("n_inner", self.n_inner, low=2)
+        seed = src.seed + 1 if self.seed is None else check_int("seed", self.seed, low=0)
+        X2, y2 = check_Xy(X2, y2, "X2", "y2", n_features=src.X_.shape[1])
+        self.activation_ = src.activation_
+        self.X_, self.y_ = X2, y2
+        self.s2_ = T / lam
+        self._exact = None
+        self._rep = None
+        P2 = X2.shape[0]
+        if math.isinf(delta):
+            self.m_, self.s2c_ = 1.0, 0.0
+        else:
+            self.m_, self.s2c_ = delta / (lam + delta), T / (lam + delta)
+        if src._exact is not None:
+            self._exact = src._exact.transfer(X2, y2, gamma=gamma, weight_decay=lam, temperature=T,
+                                              coupling=delta)
+            self.Phi_, self.v_ = self._exact.Phi_, self._exact.v_
+            self._set_exact_diagnostics()
+            return self
+        if gamma > 0.0 and not math.isinf(delta) and act.growth == "superlinear":
+            raise _no_saddle(act, "gamma2")
+        if delta == 0.0:
+            # m = 0: the target prior forgets w1 and the quenched problem is the one-task problem
+            scratch = AdaptiveKernel(act, gamma=gamma, weight_decay=lam, temperature=T, n_samples=n_samples,
+                                     n_chains=src.n_chains, tol=src.tol, max_iter=src.max_iter,
+                                     method=src.method, seed=seed).fit(X2, y2)
+            for k in ("Phi_", "v_", "Phi_stderr_", "mc_error_", "converged_", "n_iter_", "n_draws_",
+                      "residuals_", "residual_", "_rep", "_psi", "_H", "_c", "_n_groups"):
+                if hasattr(scratch, k):
+                    setattr(self, k, getattr(scratch, k))
+            self._exact = scratch._exact
+            return self
+        rep1 = src._source_rep(X2, n_samples, seed)
+        if math.isinf(delta):
+            # w2 = w1: only the readout learns, kernel ridge regression with the source kernel
+            psi = _sampling.phi_matrix(act.compile().phi, rep1.means(X2))
+            Phi = psi.T @ (rep1.weff[:, None] * psi) + rep1.qkernel(X2, X2)
+            Phi = 0.5 * (Phi + Phi.T)
+            v = np.linalg.solve(Phi + lam * np.eye(P2), y2)
+            self._set_from_samples(rep1, psi, Phi, v, Phi + lam * np.eye(P2), 0.0, n_groups=1)
+            self._set_no_solver()
+            return self
+        # jointly rich: w2 | w1 ~ N(m w1, s_c^2 I) tilted by exp(c2 (v2.phi(h2))^2), quenched over w1
+        c2 = gamma**2 * lam / (2.0 * T)
+        m, s2c = self.m_, self.s2c_
+        V2, L2 = _row_basis(X2)
+        n_outer = max(n_samples // n_inner, 2)
+        pick = np.linspace(0, rep1.Wk.shape[0] - 1, n_outer).round().astype(int)
+        W1 = rep1.Wk[pick]
+        w1_weights = rep1.w[pick]
+        if not np.allclose(w1_weights, w1_weights[0]):
+            # reweighted source samples: resample them to equal weights (systematic resampling)
+            cdf = np.cumsum(rep1.w)
+            u = (np.arange(n_outer) + 0.5) / n_outer
+            W1 = rep1.Wk[np.minimum(np.searchsorted(cdf, u * cdf[-1]), len(cdf) - 1)]
+        mu_prior = m * (W1 @ V2)
+        draw = _ESSDraw(L2, s2c, c2, act.compile().phi, _asymptotic_slopes(act), mu_prior, n_burn=max(n_inner, 8), n_keep=n_inner,
+                        quenched=True, seed=seed)
+        v, ss, w, Phi, H, hist, n_iter, n_draws = _newton(draw, y2, lam, c2, src.tol, src.max_iter)
+        W1_perp = W1 - (W1 @ V2) @ V2.T
+        Wk = ss.Z @ V2.T + m * np.repeat(W1_perp, n_inner, axis=0)
+        (coef1, V12), = rep1.terms
+        n_batches = min(64, n_outer)
+        batch = np.repeat(np.arange(n_outer) * n_batches // n_outer, n_inner)
+        rep = _Rep(Wk, w, batch, n_batches, [(m * m * coef1, V12), (s2c, V2)], act.compile().phi,
+                   _kinks(act))
+        self._set_from_samples(rep, ss.psi, Phi, v, H, c2, n_groups=n_outer)
+        self.converged_, self.n_iter_, self.n_draws_ = True, n_iter, n_draws
+        self.residuals_ = hist
+        self.residual_ = hist[-1]
+        return self
+

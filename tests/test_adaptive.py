@@ -1,0 +1,317 @@
+"""Tests of the equilibrium adaptive-kernel solver (symtransfer.theory.adaptive, docs/adaptive.md).
+
+Monte Carlo tolerances use the solver's own error estimates (batch means over independent chains,
+propagated through the fixed point by the delta method); with ~50 compared numbers a 4.5 sigma bound
+fails by chance with probability below 1e-4.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from symtransfer.activations import Activation
+from symtransfer.errors import ConvergenceError, NoSaddlePointError
+from symtransfer.theory.adaptive import AdaptiveKernel, AdaptiveTransfer
+from symtransfer.theory.linear import LinearTheory
+
+Z_MAX = 4.5
+
+
+def _task(P=20, D=10, n_test=25, seed=0, sign=False):
+    rng = np.random.default_rng(seed)
+    beta = rng.standard_normal(D)
+    X = rng.standard_normal((P, D))
+    Xt = rng.standard_normal((n_test, D))
+    f = (lambda Z: np.sign(Z @ beta)) if sign else (lambda Z: Z @ beta / math.sqrt(D))
+    return X, f(X), Xt, f(Xt), beta
+
+
+def _pair(P1=20, P2=16, D=10, n_test=25, alpha=0.8, seed=1):
+    rng = np.random.default_rng(seed)
+    b1 = rng.standard_normal(D)
+    b2 = alpha * b1 + math.sqrt(1 - alpha**2) * rng.standard_normal(D)
+    X1, X2, Xt = (rng.standard_normal((n, D)) for n in (P1, P2, n_test))
+    return X1, X1 @ b1 / math.sqrt(D), X2, X2 @ b2 / math.sqrt(D), Xt
+
+
+@pytest.fixture(scope="module")
+def linear_pair_models():
+    X1, y1, X2, y2, Xt = _pair()
+    exact = LinearTheory(gamma=1.5).fit(X1, y1)
+    mc = AdaptiveKernel("linear", gamma=1.5, method="sampling", n_samples=8192, seed=3).fit(X1, y1)
+    return X1, y1, X2, y2, Xt, exact, mc
+
+
+# ------------------------------------------------------------------ linear: sampler vs closed form
+def test_linear_sampler_one_task_matches_closed_form(linear_pair_models):
+    X1, y1, _, _, Xt, exact, mc = linear_pair_models
+    assert exact.chi_ > 0.5  # a strongly tilted measure, not a perturbation of the prior
+    assert mc.converged_ and mc.residual_ < mc.tol
+    f, sd = mc.predict(Xt, return_std=True)
+    fe = exact.predict(Xt)
+    assert np.all(sd > 0)
+    assert np.max(np.abs(f - fe) / sd) < Z_MAX
+    # the error estimate is honest: neither far too small (caught above) nor far too large
+    assert np.sqrt(np.mean(((f - fe) / sd) ** 2)) > 0.2
+    err = np.linalg.norm(mc.Phi_ - exact.Phi_)
+    assert err < 2.5 * np.linalg.norm(mc.Phi_stderr_)
+    # the training kernel reproduces through kernel() (train inputs lie in the sampled subspace)
+    np.testing.assert_allclose(mc.kernel(X1), mc.Phi_, rtol=1e-10, atol=1e-12)
+
+
+def test_linear_sampler_transfer_matches_closed_form(linear_pair_models):
+    X1, y1, X2, y2, Xt, exact, mc = linear_pair_models
+    hyper = dict(gamma=1.0, weight_decay=0.5, temperature=1.0, coupling=1.0)
+    e2 = exact.transfer(X2, y2, **hyper)
+    m2 = mc.transfer(X2, y2, **hyper, n_samples=8192)
+    assert isinstance(m2, AdaptiveTransfer) and m2.converged_
+    f, sd = m2.predict(Xt, return_std=True)
+    assert np.max(np.abs(f - e2.predict(Xt)) / sd) < Z_MAX
+    assert np.linalg.norm(m2.Phi_ - e2.Phi_) < 2.5 * np.linalg.norm(m2.Phi_stderr_)
+
+
+def test_linear_auto_dispatches_to_exact():
+    X, y, Xt, _, _ = _task()
+    model = AdaptiveKernel("linear", gamma=1.2, weight_decay=0.7, temperature=0.9).fit(X, y)
+    exact = LinearTheory(gamma=1.2, weight_decay=0.7, temperature=0.9).fit(X, y)
+    np.testing.assert_allclose(model.predict(Xt), exact.predict(Xt), rtol=1e-12)
+    np.testing.assert_allclose(model.kernel(Xt, X), exact.kernel(Xt, X), rtol=1e-12)
+    assert model.mc_error_ == 0.0 and model.residual_ == 0.0
+
+
+# ------------------------------------------------------------------ lazy limit
+def _arccos_relu(XA, XB, s2):
+    """E[relu(u) relu(u')] for (u, u') ~ N(0, s2 K) (Cho & Saul), written out independently."""
+    D = XA.shape[1]
+    nA = np.sqrt(np.sum(XA**2, 1) / D)
+    nB = np.sqrt(np.sum(XB**2, 1) / D)
+    cos = np.clip(XA @ XB.T / D / np.outer(nA, nB), -1, 1)
+    th = np.arccos(cos)
+    return s2 * np.outer(nA, nB) * (np.sin(th) + (np.pi - th) * cos) / (2 * np.pi)
+
+
+def test_gamma_zero_is_nngp_kernel_ridge():
+    X, y, Xt, _, _ = _task()
+    lam, T = 0.6, 1.5
+    model = AdaptiveKernel("relu", gamma=0.0, weight_decay=lam, temperature=T).fit(X, y)
+    K = _arccos_relu(X, X, T / lam)
+    expected = _arccos_relu(Xt, X, T / lam) @ np.linalg.solve(K + lam * np.eye(len(y)), y)
+    np.testing.assert_allclose(model.Phi_, K, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(model.predict(Xt), expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("act", ["relu", "erf"])
+def test_small_gamma_sampler_approaches_nngp_ridge(act):
+    """The Monte Carlo path at gamma -> 0 samples the prior: NNGP ridge within the stated error.
+
+    P < D, so test inputs stick out of the sampled subspace and their preactivations enter through
+    the Gaussian conditional (Gauss-Legendre split at the ReLU kink, Gauss-Hermite for erf).
+    """
+    X, y, Xt, _, _ = _task(P=12, D=16, sign=True)
+    lazy = AdaptiveKernel(act, gamma=0.0).fit(X, y)
+    mc = AdaptiveKernel(act, gamma=1e-3, method="sampling", n_samples=4096, seed=5).fit(X, y)
+    f, sd = mc.predict(Xt, return_std=True)
+    assert np.max(np.abs(f - lazy.predict(Xt)) / sd) < Z_MAX
+    assert np.linalg.norm(mc.Phi_ - lazy.Phi_) < 2.5 * np.linalg.norm(mc.Phi_stderr_)
+    # off-span pair moments (diagonal included) against the dual kernel; each entry is a Monte Carlo
+    # average over ~4096 correlated samples (relative sd ~4%), so the bound is ~3 sd
+    Kmc, Kex = mc.kernel(Xt[:4]), lazy.kernel(Xt[:4])
+    assert np.max(np.abs(Kmc - Kex)) < 0.12 * np.max(np.abs(Kex))
+
+
+def test_conditional_quadrature_with_kinks_is_accurate():
+    """Gaussian moments of ReLU with nonzero mean: closed forms vs the split Gauss-Legendre rules."""
+    from scipy.stats import multivariate_normal, norm
+
+    from symtransfer.theory import _sampling
+
+    phi = Activation("relu").compile().phi
+    kinks = np.array([0.0])
+    t, w = np.polynomial.legendre.leggauss(40)
+    m, s = np.array([[0.3, -0.5, 1.0]]), np.array([1.0, 2.0, 0.5])
+    got = _sampling.gl_mean_split(phi, m, s, kinks, t, w)[0]
+    r = m[0] / s
+    np.testing.assert_allclose(got, m[0] * norm.cdf(r) + s * norm.pdf(r), rtol=1e-9)
+    # pair moment E[relu(u) relu(u')]: u, u' >= 0 region, by the bivariate normal CDF identity
+    # E[u u' 1{u>0,u'>0}] computed with scipy's 2-D integration of the density as reference
+    t2, w2 = np.polynomial.legendre.leggauss(20)
+    mA, mB, sA, sB, rho = 0.3, -0.2, 1.0, 0.8, 0.5
+    got2 = _sampling.gl_pair_split(phi, np.array([[mA]]), np.array([[mB]]), np.array([sA]), np.array([sB]),
+                                   np.array([[rho]]), np.array([1.0]), kinks, t2, w2)[0, 0]
+    from scipy import integrate
+
+    dens = multivariate_normal([mA, mB], [[sA**2, rho], [rho, sB**2]])
+    ref = integrate.dblquad(lambda b, a: a * b * dens.pdf([a, b]), 0, 12, 0, 12, epsabs=1e-11)[0]
+    assert got2 == pytest.approx(ref, rel=1e-6)
+
+
+# ------------------------------------------------------------------ transfer limits
+@pytest.fixture(scope="module")
+def tanh_source():
+    X1, y1, X2, y2, Xt = _pair()
+    src = AdaptiveKernel("tanh", gamma=1.0, n_samples=4096, seed=2).fit(X1, y1)
+    return src, X2, y2, Xt
+
+
+def test_coupling_inf_is_readout_finetuning(tanh_source):
+    src, X2, y2, Xt = tanh_source
+    lam = 0.8
+    ft = src.transfer(X2, y2, gamma=1.0, weight_decay=lam, temperature=1.0, coupling=float("inf"))
+    # kernel ridge regression with the source-adapted kernel on target inputs, computed from the source
+    K22 = src.kernel(X2)
+    expected = src.kernel(Xt, X2) @ np.linalg.solve(K22 + lam * np.eye(len(y2)), y2)
+    np.testing.assert_allclose(ft.Phi_, K22, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(ft.predict(Xt), expected, rtol=1e-10, atol=1e-12)
+    assert ft.m_ == 1.0 and ft.s2c_ == 0.0
+
+
+def test_coupling_zero_is_scratch(tanh_source):
+    src, X2, y2, Xt = tanh_source
+    hyper = dict(gamma=0.8, weight_decay=1.0, temperature=1.0)
+    tr = src.transfer(X2, y2, **hyper, coupling=0.0, seed=9)
+    scratch = AdaptiveKernel("tanh", **hyper, n_samples=src.n_samples, seed=9).fit(X2, y2)
+    np.testing.assert_allclose(tr.predict(Xt), scratch.predict(Xt), rtol=1e-12, atol=1e-14)
+    assert tr.m_ == 0.0
+
+
+def test_linear_coupling_limits_sampler_vs_exact(linear_pair_models):
+    """Fine-tuning on sampled source features agrees with the closed-form limit (eq. 3.5, t=1)."""
+    _, _, X2, y2, Xt, exact, mc = linear_pair_models
+    hyper = dict(gamma=1.0, weight_decay=1.0, temperature=1.0, coupling=float("inf"))
+    f, sd = mc.transfer(X2, y2, **hyper).predict(Xt, return_std=True)
+    assert np.max(np.abs(f - exact.transfer(X2, y2, **hyper).predict(Xt)) / sd) < Z_MAX
+
+
+# ------------------------------------------------------------------ errors and invariants
+@pytest.mark.parametrize("act", ["quadratic", "cubic", "x**2 + sin(x)"])
+def test_superlinear_activation_has_no_saddle_point(act):
+    X, y, _, _, _ = _task()
+    with pytest.raises(NoSaddlePointError, match="GradientFlowDMFT"):
+        AdaptiveKernel(act, gamma=0.5).fit(X, y)
+    # the lazy limit (no tilt) exists for any activation with finite Gaussian moments
+    lazy = AdaptiveKernel(act, gamma=0.0).fit(X, y)
+    assert np.all(np.isfinite(lazy.Phi_))
+
+
+def test_convergence_error_carries_history():
+    X, y, _, _, _ = _task(sign=True)
+    with pytest.raises(ConvergenceError) as info:
+        AdaptiveKernel("tanh", gamma=1.0, n_samples=1024, max_iter=2).fit(X, y)
+    assert len(info.value.residuals) == 2 and all(r > 0 for r in info.value.residuals)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"gamma": -1.0}, "gamma"), ({"weight_decay": 0.0}, "weight_decay"),
+    ({"temperature": -1.0}, "temperature"), ({"method": "exact"}, "method"),
+    ({"n_samples": 10}, "n_samples"), ({"tol": 0.0}, "tol"), ({"activation": 3}, "activation"),
+])
+def test_bad_arguments_name_the_parameter(kwargs, name):
+    X, y, _, _, _ = _task()
+    with pytest.raises(ValueError, match=name):
+        AdaptiveKernel(**kwargs).fit(X, y)
+
+
+def test_bad_coupling_and_shapes(tanh_source):
+    src, X2, y2, _ = tanh_source
+    with pytest.raises(ValueError, match="coupling"):
+        src.transfer(X2, y2, gamma=1.0, weight_decay=1.0, temperature=1.0, coupling=-1.0)
+    with pytest.raises(ValueError, match="X2"):
+        src.transfer(X2[:, :3], y2, gamma=1.0, weight_decay=1.0, temperature=1.0, coupling=1.0)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        AdaptiveKernel().predict(X2)
+
+
+def test_reproducible_and_kernel_symmetric_psd(tanh_source):
+    src, X2, _, Xt = tanh_source
+    again = AdaptiveKernel("tanh", gamma=1.0, n_samples=4096, seed=2).fit(src.X_, src.y_)
+    np.testing.assert_array_equal(again.Phi_, src.Phi_)
+    K = src.kernel(np.vstack([X2[:5], Xt[:5]]))
+    np.testing.assert_allclose(K, K.T, atol=1e-12)
+    assert np.min(np.linalg.eigvalsh(K)) > -1e-10
+    # feature learning on a tanh net moves the kernel away from the NNGP kernel by more than MC noise
+    lazy = AdaptiveKernel("tanh", gamma=0.0).fit(src.X_, src.y_)
+    assert np.linalg.norm(src.Phi_ - lazy.Phi_) > 3 * np.linalg.norm(src.Phi_stderr_)
+
+
+def test_alignment_and_score_definitions(linear_pair_models):
+    X1, y1, _, _, Xt, exact, _ = linear_pair_models
+    model = AdaptiveKernel("linear", gamma=1.5).fit(X1, y1)
+    Phi = model.kernel(X1)
+    assert model.alignment(X1, y1) == pytest.approx(y1 @ Phi @ y1 / (np.linalg.norm(Phi) * (y1 @ y1)))
+    # feature learning aligns the kernel with the task (eq. 2.11 adds a rank-one spike along K v)
+    lazy = AdaptiveKernel("linear", gamma=0.0).fit(X1, y1)
+    assert model.alignment(X1, y1) > lazy.alignment(X1, y1)
+    yt = exact.predict(Xt)
+    assert model.score(Xt, yt) == pytest.approx(1.0)
+    assert model.test_error(Xt, yt) == pytest.approx(0.0, abs=1e-20)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(2, 8), st.integers(1, 6), st.integers(0, 10_000),
+       st.sampled_from(["relu", "tanh", "erf"]))
+def test_lazy_kernel_is_symmetric_psd(n, D, seed, act):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, D))
+    model = AdaptiveKernel(act, gamma=0.0).fit(X, rng.standard_normal(n))
+    XA = rng.standard_normal((n + 2, D))
+    K = model.kernel(XA)
+    np.testing.assert_allclose(K, K.T, atol=1e-12)
+    assert np.min(np.linalg.eigvalsh(K)) > -1e-9 * max(1.0, np.max(np.abs(K)))
+    np.testing.assert_allclose(model.kernel(XA, X), model.kernel(X, XA).T, atol=1e-12)
+
+
+# ------------------------------------------------------------------ against wide-network simulations
+def _sim_gap(theory_pred, theory_sd, net_pred):
+    return float(np.sqrt(np.mean((net_pred - theory_pred) ** 2))), float(np.sqrt(np.mean(theory_sd**2)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("act, gamma", [("tanh", 1.0), ("relu", 0.5)])
+def test_one_task_matches_langevin_simulation(act, gamma):
+    """Theory vs time-averaged Langevin networks (T = lambda = 1) at two widths.
+
+    Finite width N biases the mean predictor by O(1/N) and the time average has O(1/sqrt(N t))
+    noise; the theory carries its Monte Carlo error sd. We require the gap at N = 2000 to be within
+    3 sd + 0.05 (relative to the feature-learning shift theory-lazy) and the gap to shrink from N=250.
+    """
+    from symtransfer.sim import WideNetwork
+
+    X, y, Xt, _, _ = _task(P=24, D=12, sign=True, seed=4)
+    theory = AdaptiveKernel(act, gamma=gamma, n_samples=65536, seed=1).fit(X, y)
+    f, sd = theory.predict(Xt, return_std=True)
+    shift = np.sqrt(np.mean((f - AdaptiveKernel(act, gamma=0.0).fit(X, y).predict(Xt)) ** 2))
+    gaps = []
+    for N in (250, 2000):
+        net = WideNetwork(N, act, gamma=gamma, weight_decay=1.0, temperature=1.0, steps=20000,
+                          average_from=0.2, seed=2, progress=False).fit(X, y)
+        gaps.append(_sim_gap(f, sd, net.predict(Xt))[0])
+    rms_sd = float(np.sqrt(np.mean(sd**2)))
+    assert gaps[1] < 3 * rms_sd + 0.05 * shift + 0.02
+    assert gaps[1] < gaps[0] + rms_sd
+
+
+@pytest.mark.slow
+def test_transfer_matches_langevin_simulation():
+    """Jointly rich transfer (0 < coupling < inf), tanh: theory vs simulated source-then-target."""
+    from symtransfer.sim import WideNetwork
+
+    X1, y1, X2, y2, Xt = _pair(P1=24, P2=16, D=12)
+    y1, y2 = np.sign(y1), np.sign(y2)
+    hyper = dict(gamma=1.0, weight_decay=1.0, temperature=1.0, coupling=2.0)
+    src = AdaptiveKernel("tanh", gamma=1.0, n_samples=32768, seed=1).fit(X1, y1)
+    tgt = src.transfer(X2, y2, **hyper, n_samples=32768)
+    f, sd = tgt.predict(Xt, return_std=True)
+    gaps = []
+    for N in (250, 2000):
+        net = WideNetwork(N, "tanh", gamma=1.0, weight_decay=1.0, temperature=1.0, steps=20000,
+                          average_from=0.2, seed=3, progress=False).fit(X1, y1)
+        net2 = net.transfer(X2, y2, **hyper)
+        gaps.append(_sim_gap(f, sd, net2.predict(Xt))[0])
+    rms_sd = float(np.sqrt(np.mean(sd**2)))
+    assert gaps[1] < 3 * rms_sd + 0.03
+    assert gaps[1] < gaps[0] + rms_sd

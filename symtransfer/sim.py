@@ -109,29 +109,31 @@ def _preactivations(Xb, W, i, inv_sqrt_d, H):
 
 
 @nb.njit(inline="always", fastmath=_FASTMATH)
-def _accumulate_rows(Xb, H, i, coef, W):
-    """``W[i] += coef * sum_b H[i, b] Xb[b]``, four rows per pass over ``W[i]`` (one load/store of
-    the weight row per four multiply-adds)."""
-    B, D = Xb.shape
-    b = 0
-    while b + 4 <= B:
-        c0 = coef * H[i, b]
-        c1 = coef * H[i, b + 1]
-        c2 = coef * H[i, b + 2]
-        c3 = coef * H[i, b + 3]
+def _accumulate_rows(Xb, H, rows, n_act, i, coef, W):
+    """``W[i] += coef * sum_k H[i, k] Xb[rows[i, k]]`` over the ``n_act`` compacted rows, four per
+    pass over ``W[i]`` (one load/store of the weight row per four multiply-adds)."""
+    D = Xb.shape[1]
+    k = 0
+    while k + 4 <= n_act:
+        c0 = coef * H[i, k]
+        c1 = coef * H[i, k + 1]
+        c2 = coef * H[i, k + 2]
+        c3 = coef * H[i, k + 3]
+        r0, r1, r2, r3 = rows[i, k], rows[i, k + 1], rows[i, k + 2], rows[i, k + 3]
         for d in range(D):
-            W[i, d] += c0 * Xb[b, d] + c1 * Xb[b + 1, d] + c2 * Xb[b + 2, d] + c3 * Xb[b + 3, d]
-        b += 4
-    while b < B:
-        c0 = coef * H[i, b]
+            W[i, d] += c0 * Xb[r0, d] + c1 * Xb[r1, d] + c2 * Xb[r2, d] + c3 * Xb[r3, d]
+        k += 4
+    while k < n_act:
+        c0 = coef * H[i, k]
+        r0 = rows[i, k]
         for d in range(D):
-            W[i, d] += c0 * Xb[b, d]
-        b += 1
+            W[i, d] += c0 * Xb[r0, d]
+        k += 1
 
 
 @nb.njit(parallel=True, fastmath=_FASTMATH)
 def _run_full(X, y, W, a, Wref, batches, step0, lr, gamma, lam, delta, temp, scale, seed, phi, dphi,
-              H, F, partial, r, Xb):
+              H, F, rows, partial, r, Xb):
     """Run ``batches.shape[0]`` Euler-Maruyama steps of (1.4) in place on ``W`` and ``a``.
 
     Returns ``-1`` on success or the index of the step whose residual was non-finite.
@@ -184,7 +186,14 @@ def _run_full(X, y, W, a, Wref, batches, step0, lr, gamma, lam, delta, temp, sca
             coef = lr * g_scale * ai * inv_sqrt_d
             for d in range(D):
                 W[i, d] = keep_w * W[i, d] + pull * Wref[i, d]
-            _accumulate_rows(Xb, H, i, coef, W)
+            # Compact the non-zero backward signals without a branch (ReLU's inactive half drops out).
+            n_act = 0
+            for b in range(B):
+                hb = H[i, b]
+                H[i, n_act] = hb
+                rows[i, n_act] = b
+                n_act += hb != 0.0
+            _accumulate_rows(Xb, H, rows, n_act, i, coef, W)
             a_new = keep_a * ai + lr * g_scale * ga
             if noise > 0.0:
                 key = _stream_key(seed, step, i)
@@ -515,6 +524,7 @@ class WideNetwork:
         else:
             H = np.empty((N, B))
             F = np.empty((N, B))
+            rows = np.empty((N, B), dtype=np.int64)
             Xb = np.empty((B, D))
             # with delta = 0 the pull term vanishes; any array of W's shape will do
             Wref_arr = W if delta == 0.0 else np.ascontiguousarray(Wref, dtype=np.float64)
@@ -542,7 +552,7 @@ class WideNetwork:
         else:
             def advance(idx, done):
                 return _run_full(X, y, W, a, Wref_arr, idx, done, lr, gamma, lam, delta, T, scale,
-                                 noise_seed, act.phi, act.dphi, H, F, partial, r, Xb)
+                                 noise_seed, act.phi, act.dphi, H, F, rows, partial, r, Xb)
 
         def log_now(step):
             loss = self._mse(X, y, W, a, gamma, act)

@@ -34,6 +34,7 @@ __all__ = [
     "register_activation",
     "available_activations",
     "get_activation",
+    "apply_elementwise",
     "q11",
     "q12",
     "q22",
@@ -465,11 +466,11 @@ class Activation:
 
     def __call__(self, h) -> np.ndarray:
         """``phi`` applied elementwise (float64)."""
-        return _apply(self.compile().phi, h)
+        return apply_elementwise(self.compile().phi, h)
 
     def prime(self, h) -> np.ndarray:
         """``phi'`` applied elementwise (float64)."""
-        return _apply(self.compile().dphi, h)
+        return apply_elementwise(self.compile().dphi, h)
 
     def __repr__(self) -> str:
         return f"Activation({self.name!r})"
@@ -496,7 +497,8 @@ def _map_kernel(f, flat):
     return out
 
 
-def _apply(f, h) -> np.ndarray:
+def apply_elementwise(f, h) -> np.ndarray:
+    """Apply a compiled scalar kernel ``f`` (e.g. ``Activation.compile().phi``) to every entry of ``h``."""
     arr = np.asarray(h, dtype=np.float64)
     flat = np.ascontiguousarray(arr).reshape(-1)
     return _map_kernel(f, flat).reshape(arr.shape)

@@ -131,6 +131,20 @@ def _accumulate_rows(Xb, H, rows, n_act, i, coef, W):
         k += 1
 
 
+@nb.njit(inline="always")
+def _residuals(partial, y, rows, inv_gn, r):
+    """``r_b = y_b - f(x_b)`` from per-chunk partial readout sums; ``False`` if any is non-finite."""
+    finite = True
+    for b in range(r.shape[0]):
+        f = 0.0
+        for c in range(partial.shape[0]):
+            f += partial[c, b]
+        r[b] = y[rows[b]] - f * inv_gn
+        if not math.isfinite(r[b]):
+            finite = False
+    return finite
+
+
 @nb.njit(parallel=True, fastmath=_FASTMATH)
 def _run_full(X, y, W, a, Wref, batches, step0, lr, gamma, lam, delta, temp, scale, seed, phi, dphi,
               H, F, rows, partial, r, Xb):
@@ -166,15 +180,7 @@ def _run_full(X, y, W, a, Wref, batches, step0, lr, gamma, lam, delta, temp, sca
                     fb = phi(H[i, b])
                     F[i, b] = fb
                     partial[c, b] += ai * fb
-        finite = True
-        for b in range(B):
-            f = 0.0
-            for c in range(n_chunks):
-                f += partial[c, b]
-            r[b] = y[batches[s, b]] - f * inv_gn
-            if not math.isfinite(r[b]):
-                finite = False
-        if not finite:
+        if not _residuals(partial, y, batches[s], inv_gn, r):
             return s
         step = step0 + s
         for i in nb.prange(N):
@@ -230,15 +236,7 @@ def _run_readout(F_all, y, a, batches, step0, lr, gamma, lam, temp, scale, seed,
                 for i in range(lo, hi):
                     acc += a[i] * F_all[i, col]
                 partial[c, b] = acc
-        finite = True
-        for b in range(B):
-            f = 0.0
-            for c in range(n_chunks):
-                f += partial[c, b]
-            r[b] = y[batches[s, b]] - f * inv_gn
-            if not math.isfinite(r[b]):
-                finite = False
-        if not finite:
+        if not _residuals(partial, y, batches[s], inv_gn, r):
             return s
         step = step0 + s
         for i in nb.prange(N):

@@ -21,7 +21,7 @@ import sympy as sp
 from sympy.matrices.expressions import MatrixExpr
 
 from ._validation import check_inputs, check_int, check_real, check_Xy
-from .activations import Activation, get_activation, q11, q12, q22
+from .activations import Activation, apply_elementwise, get_activation, q11, q12, q22
 from .errors import ConvergenceError, NoSaddlePointError
 
 __all__ = [
@@ -739,15 +739,6 @@ def _solve_joint_linear(t_upd, A_upd, K2, Q, y2, lam2, c, m, sc2, damping, tol, 
     return t, A, n, False
 
 
-@nb.njit(parallel=True)
-def _features(phi, H):
-    out = np.empty_like(H)
-    for i in nb.prange(H.shape[0]):
-        for j in range(H.shape[1]):
-            out[i, j] = phi(H[i, j])
-    return out
-
-
 @dataclass
 class SaddlePointSolution:
     """Numerical solution returned by :meth:`CompiledSaddlePoint.solve`.
@@ -848,7 +839,7 @@ class CompiledSaddlePoint:
         P, D = X.shape
         rng = np.random.default_rng(seed)
         Z = rng.standard_normal((n_samples, D))
-        Psi = _features(self._compiled.phi, np.ascontiguousarray(math.sqrt(s2) * Z @ X.T / math.sqrt(D)))
+        Psi = apply_elementwise(self._compiled.phi, np.ascontiguousarray(math.sqrt(s2) * Z @ X.T / math.sqrt(D)))
         hist = []
         # Control variate: the same samples estimate the lazy kernel, whose exact value is the dual
         # kernel; adding (exact - estimate) removes most of the Monte Carlo error at small gamma and
@@ -894,8 +885,8 @@ class CompiledSaddlePoint:
 
         def kernel(XA, XB=None):
             XB = Xtr if XB is None else XB
-            PA = _features(phi, np.ascontiguousarray(math.sqrt(s2) * Zc @ XA.T / math.sqrt(D)))
-            PB = _features(phi, np.ascontiguousarray(math.sqrt(s2) * Zc @ XB.T / math.sqrt(D)))
+            PA = apply_elementwise(phi, np.ascontiguousarray(math.sqrt(s2) * Zc @ XA.T / math.sqrt(D)))
+            PB = apply_elementwise(phi, np.ascontiguousarray(math.sqrt(s2) * Zc @ XB.T / math.sqrt(D)))
             KAB = _K(XA, XB)
             dA, dB = np.einsum("ij,ij->i", XA, XA) / D, np.einsum("ij,ij->i", XB, XB) / D
             exact = act.dual_kernel(s2 * dA[:, None], s2 * KAB, s2 * dB[None, :])

@@ -173,16 +173,6 @@ def ess_sample(phi, B, A, href, dref, inv_s2, v, c, zeta0, normals, seeds, n_bur
 
 
 @nb.njit(parallel=True)
-def phi_matrix(phi, M):
-    """``phi`` applied to every entry of a 2-D array (parallel over rows)."""
-    out = np.empty_like(M)
-    for i in nb.prange(M.shape[0]):
-        for j in range(M.shape[1]):
-            out[i, j] = phi(M[i, j])
-    return out
-
-
-@nb.njit(parallel=True)
 def gh_mean(phi, M, sig, nodes, wts):
     """``E[phi(M[i, a] + sig[a] xi)]``, ``xi ~ N(0, 1)``, by Gauss-Hermite quadrature.
 

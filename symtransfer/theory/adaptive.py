@@ -30,7 +30,7 @@ import math
 import numpy as np
 
 from .._validation import check_inputs, check_int, check_real, check_Xy
-from ..activations import get_activation
+from ..activations import apply_elementwise, get_activation
 from ..errors import ConvergenceError, NoSaddlePointError
 from . import _sampling
 
@@ -208,7 +208,7 @@ class _Rep:
         sd = self.resid_sd(X)
         M = self.means(X)
         if not np.any(sd > 0.0):
-            return _sampling.phi_matrix(self.phi, M)
+            return apply_elementwise(self.phi, M)
         if self.kinks.size:
             t, w = np.polynomial.legendre.leggauss(_N_GL)
             return _sampling.gl_mean_split(self.phi, M, sd, self.kinks, t, w)
@@ -501,7 +501,7 @@ class _ESSDraw:
         mu, A = self.mu_ref[0], self.A
         zeta = self.is_normals
         Z = mu + zeta @ A.T
-        psi = _sampling.phi_matrix(self.phi, np.ascontiguousarray(np.einsum('nr,pr->np', Z, self.L)))
+        psi = apply_elementwise(self.phi, np.ascontiguousarray(np.einsum('nr,pr->np', Z, self.L)))
         sv = psi @ v
         logw = -0.5 * np.sum(Z * Z, axis=1) / self.s2 + self.c * sv * sv + 0.5 * np.sum(zeta * zeta, axis=1)
         e = np.exp(logw - logw.max())
@@ -943,7 +943,7 @@ class AdaptiveTransfer(_AdaptiveBase):
         rep1 = src._source_rep(X2, n_samples, seed)
         if math.isinf(delta):
             # w2 = w1: only the readout learns, kernel ridge regression with the source kernel
-            psi = _sampling.phi_matrix(act.compile().phi, rep1.means(X2))
+            psi = apply_elementwise(act.compile().phi, rep1.means(X2))
             Phi = psi.T @ (rep1.weff[:, None] * psi) + rep1.qkernel(X2, X2)
             Phi = 0.5 * (Phi + Phi.T)
             v = np.linalg.solve(Phi + lam * np.eye(P2), y2)

@@ -39,10 +39,6 @@ def check_int(name: str, value, *, low=None, high=None) -> int:
     return v
 
 
-def check_fraction(name: str, value) -> float:
-    return check_real(name, value, low=0.0, high=1.0)
-
-
 def check_inputs(X, name: str = "X", n_features: int | None = None) -> np.ndarray:
     """A finite float64 C-contiguous 2-D array (rows are inputs)."""
     arr = np.asarray(X, dtype=np.float64)

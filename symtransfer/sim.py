@@ -366,6 +366,14 @@ class WideNetwork:
         ``"test_loss"``; losses are mean squared errors over the full sets.
     lr_ : float
         Step size used.
+    n_iter_ : int
+        Steps completed.
+
+    Notes
+    -----
+    A run interrupted with Ctrl-C stops after the chunk of steps in flight, keeps everything
+    finished (weights, history, snapshots) and raises ``KeyboardInterrupt``; :meth:`resume`
+    then completes it exactly as an uninterrupted run would.
     """
 
     def __init__(self, width, activation="relu", gamma=1.0, weight_decay=1.0, temperature=0.0, lr=None,

@@ -327,6 +327,13 @@ class Activation:
         return sp.diff(self.expr, x)
 
     @property
+    def kinks(self) -> tuple:
+        """Sorted real points where ``phi`` switches branch (``()`` for smooth activations)."""
+        if not _has_kink(self.expr):
+            return ()
+        return tuple(sorted(_kink_points(self.expr)))
+
+    @property
     def growth(self) -> str:
         """``"bounded"``, ``"linear"`` or ``"superlinear"`` growth of ``|phi|`` at infinity."""
         if self._growth is None:

@@ -129,13 +129,7 @@ def _kappa(v, L, slopes, starts, n_ascent=20):
 
 def _kinks(act):
     """Sorted kink locations of ``phi`` (empty for smooth activations)."""
-    try:  # the activations module owns the symbolic analysis
-        from ..activations import _has_kink, _kink_points
-
-        pts = _kink_points(act.expr) if _has_kink(act.expr) else []
-    except Exception:
-        pts = []
-    return np.asarray(sorted(pts), dtype=np.float64)
+    return np.asarray(act.kinks, dtype=np.float64)
 
 
 def _gauss_pair_moments(phi, kinks, mA, mB, R, sA, sB):

@@ -22,6 +22,7 @@ import numba as nb
 import numpy as np
 from tqdm.auto import tqdm
 
+from ._rng import GOLDEN, mix64
 from ._validation import check_inputs, check_int, check_real, check_Xy
 from .activations import get_activation
 from .errors import DivergenceError
@@ -31,10 +32,8 @@ __all__ = ["WideNetwork"]
 # No 'nnan'/'ninf': the kernels must see non-finite values to report divergence.
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_S30, _S27, _S31, _S32 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(32)
+_S32 = np.uint64(32)
+_NEURON_MUL = np.uint64(0x94D049BB133111EB)
 _LOW32 = np.uint64(0xFFFFFFFF)
 _TWO_M31 = 1.0 / 2147483648.0
 
@@ -51,16 +50,8 @@ _SNAPSHOT_BYTES = 256 * 2**20
 
 
 @nb.njit(inline="always")
-def _mix64(z):
-    """splitmix64 finaliser: a bijective hash of a 64-bit word."""
-    z = (z ^ (z >> _S30)) * _M1
-    z = (z ^ (z >> _S27)) * _M2
-    return z ^ (z >> _S31)
-
-
-@nb.njit(inline="always")
 def _stream_key(seed, step, neuron):
-    return _mix64(_mix64(seed + np.uint64(step) * _GOLDEN) ^ (np.uint64(neuron) * _M2 + _GOLDEN))
+    return mix64(mix64(seed + np.uint64(step) * GOLDEN) ^ (np.uint64(neuron) * _NEURON_MUL + GOLDEN))
 
 
 @nb.njit(inline="always")
@@ -71,7 +62,7 @@ def _normal_pair(key, ctr):
     returns the normals and the next counter, so a stream is reproducible draw by draw.
     """
     while True:
-        z = _mix64(key + np.uint64(ctr) * _GOLDEN)
+        z = mix64(key + np.uint64(ctr) * GOLDEN)
         ctr += 1
         u = np.float64(z >> _S32) * _TWO_M31 - 1.0
         v = np.float64(z & _LOW32) * _TWO_M31 - 1.0

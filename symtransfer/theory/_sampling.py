@@ -24,10 +24,9 @@ import math
 import numba as nb
 import numpy as np
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
+from .._rng import GOLDEN, mix64
+
+_S11 = np.uint64(11)
 _TWO_M53 = 1.0 / 9007199254740992.0
 _TWO_PI = 2.0 * math.pi
 # After this many shrinkages the bracket is ~2pi * 2^-60 wide: the step keeps the current point.
@@ -35,13 +34,20 @@ _MAX_SHRINK = 60
 
 
 @nb.njit(inline="always")
+def _matvec(M, x, out):
+    """``out = M @ x`` without allocating (called per chain and per step)."""
+    for i in range(M.shape[0]):
+        acc = 0.0
+        for k in range(M.shape[1]):
+            acc += M[i, k] * x[k]
+        out[i] = acc
+
+
+@nb.njit(inline="always")
 def _uniform(state):
     """Next uniform in (0, 1) of the splitmix64 stream held in ``state[0]``."""
-    state[0] += _GOLDEN
-    z = state[0]
-    z = (z ^ (z >> _S30)) * _M1
-    z = (z ^ (z >> _S27)) * _M2
-    z = z ^ (z >> _S31)
+    state[0] += GOLDEN
+    z = mix64(state[0])
     return (np.float64(z >> _S11) + 0.5) * _TWO_M53
 
 
@@ -95,16 +101,8 @@ def ess_sample(phi, B, A, href, dref, inv_s2, v, c, zeta0, normals, seeds, n_bur
         Bn = np.zeros(P)
         Az = np.zeros(r)
         An = np.zeros(r)
-        for p in range(P):
-            acc = 0.0
-            for k in range(r):
-                acc += B[p, k] * zeta[k]
-            Bz[p] = acc
-        for j in range(r):
-            acc = 0.0
-            for k in range(r):
-                acc += A[j, k] * zeta[k]
-            Az[j] = acc
+        _matvec(B, zeta, Bz)
+        _matvec(A, zeta, Az)
         # current log-likelihood
         q2 = 0.0
         zz = 0.0
@@ -119,16 +117,8 @@ def ess_sample(phi, B, A, href, dref, inv_s2, v, c, zeta0, normals, seeds, n_bur
         sq_acc = 0.0
         for step in range(n_steps):
             nu = normals[ch, step]
-            for p in range(P):
-                acc = 0.0
-                for k in range(r):
-                    acc += B[p, k] * nu[k]
-                Bn[p] = acc
-            for j in range(r):
-                acc = 0.0
-                for k in range(r):
-                    acc += A[j, k] * nu[k]
-                An[j] = acc
+            _matvec(B, nu, Bn)
+            _matvec(A, nu, An)
             logy = ll + math.log(_uniform(state))
             theta = _TWO_PI * _uniform(state)
             lo = theta - _TWO_PI

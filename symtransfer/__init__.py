@@ -1,7 +1,8 @@
 """symtransfer: theory and simulation of transfer learning in infinitely wide feature-learning networks."""
 
 from .activations import Activation, available_activations, get_activation, register_activation
-from .errors import ConvergenceError, DivergenceError, NoSaddlePointError, SymtransferError
+from .errors import (ConvergenceError, DivergenceError, EdgeOfNormalisabilityError, NoSaddlePointError,
+                     SymtransferError)
 from .datasets import TransferData, digits_transfer, load_task, load_transfer_data
 from .experiments import TransferTable, compare_transfer, kernel_alignment
 from .sim import WideNetwork
@@ -21,6 +22,7 @@ __all__ = [
     "get_activation",
     "register_activation",
     "ConvergenceError",
+    "EdgeOfNormalisabilityError",
     "DivergenceError",
     "NoSaddlePointError",
     "SymtransferError",

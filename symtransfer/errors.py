@@ -51,3 +51,24 @@ class ConvergenceError(SymtransferError):
 
 class NoSaddlePointError(SymtransferError):
     """The equilibrium saddle point does not exist for this activation/setting."""
+
+
+class EdgeOfNormalisabilityError(ConvergenceError):
+    """The saddle-point solver pressed against the edge of the normalisable region without converging.
+
+    Raised by :class:`~symtransfer.theory.adaptive.AdaptiveKernel` for linearly growing activations
+    (e.g. ReLU) at strong feature learning: the tilted single-site measure approaches the edge
+    ``2 c s^2 kappa(v) = 1`` of docs/adaptive.md eq. (A.3) while the saddle-point gradient stays
+    finite (docs/adaptive.md, section 2).
+
+    Attributes
+    ----------
+    residuals : list of float
+        Residual after each iteration.
+    taus : list of float
+        The normalisability index ``2 c s^2 kappa(v)`` after each iteration (``< 1`` is normalisable).
+    """
+
+    def __init__(self, message: str, residuals=None, taus=None):
+        self.taus = list(taus) if taus is not None else []
+        super().__init__(message, residuals)

@@ -26,12 +26,13 @@ solves the quenched target problem (3.1)-(3.3). The numerical method is describe
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
 from .._validation import check_inputs, check_int, check_real, check_Xy
 from ..activations import apply_elementwise, get_activation
-from ..errors import ConvergenceError, NoSaddlePointError
+from ..errors import ConvergenceError, EdgeOfNormalisabilityError, NoSaddlePointError
 from . import _sampling
 
 __all__ = ["AdaptiveKernel", "AdaptiveTransfer"]
@@ -48,6 +49,8 @@ _KISH_REDRAW = 0.7   # below this, draw fresh samples at the current v
 _KISH_FINAL = 0.9    # the answer is accepted only from samples drawn this close to the solution
 _FULL_STEP = 0.25   # squared Newton decrement below which full steps are taken
 _DIVERGED_SQ = 6.0   # mean |zeta|^2 / r above this: the chains run away (tilt not normalisable)
+_TAU_EDGE = 0.995    # 2 c s^2 kappa(v) this close to 1 counts as pressing against the edge (A.3)
+_DEBUG = bool(os.environ.get("SYMTRANSFER_DEBUG"))  # per-iteration solver trace on stdout
 
 
 def _gauss_hermite(n):
@@ -264,12 +267,8 @@ class _SampleSet:
 
 
 def _gram(psi, w):
-    """``sum_i w_i psi_i psi_i^T``.
-
-    einsum keeps this off the threaded BLAS, which contends with Numba's OpenMP workers on few cores
-    (measured 3.5x slower than einsum for n = 16384, P = 40 after a parallel Numba call).
-    """
-    return np.einsum("ni,nj->ij", psi * w[:, None], psi, optimize=False)
+    """``sum_i w_i psi_i psi_i^T`` (weights may be negative: control-variate batch estimates)."""
+    return (psi * w[:, None]).T @ psi
 
 
 def _reweight(ss, v, c):
@@ -309,6 +308,14 @@ class _Diverged(Exception):
     pass
 
 
+def _pinned_at_edge(history, taus, window=6):
+    """True when ``tau`` has stayed above ``_TAU_EDGE`` for ``window`` iterations without the residual
+    halving: the iterates press against the boundary of the domain of (A.1) and make no progress."""
+    if len(taus) < window or min(taus[-window:]) < _TAU_EDGE:
+        return False
+    return history[-1] > 0.5 * history[-window]
+
+
 def _newton(draw, y, lam, c, tol, max_iter):
     """Damped Newton on the convex potential ``E(v)`` (docs/adaptive.md, eq. (A.1)).
 
@@ -319,7 +326,7 @@ def _newton(draw, y, lam, c, tol, max_iter):
     v = np.zeros(P)
     ss = draw(v)
     n_draws = 1
-    history = []
+    history, taus = [], []
     n_fail = 0
 
     def redraw(vv, v_good, n_fail):
@@ -343,13 +350,28 @@ def _newton(draw, y, lam, c, tol, max_iter):
     for it in range(1, max_iter + 1):
         w, s, lnZ, kish = _reweight(ss, v, c)
         Phi, g, H = _moments(ss, v, w, s, c, lam, y)
-        vp = np.linalg.solve(Phi + lam * np.eye(P), y)
-        wp = _reweight(ss, vp, c)[0]
-        Phip = _gram(ss.psi, wp) + (0.0 if ss.cv is None else ss.cv)
         # the kernel residual alone vanishes at any v when the tilt is weak: include the dual equation
-        res = max(float(np.linalg.norm(Phip - Phi) / max(np.linalg.norm(Phi), 1e-300)),
-                  float(np.linalg.norm(g) / max(np.linalg.norm(y), 1e-300)))
+        res = float(np.linalg.norm(g) / max(np.linalg.norm(y), 1e-300))
+        if res < tol:
+            # the relative change of Phi under one fixed-point step (one more Gram matrix, so it is
+            # evaluated only once the dual equation holds; before that res >= tol anyway)
+            vp = np.linalg.solve(Phi + lam * np.eye(P), y)
+            Phip = _gram(ss.psi, _reweight(ss, vp, c)[0]) + (0.0 if ss.cv is None else ss.cv)
+            res = max(res, float(np.linalg.norm(Phip - Phi) / max(np.linalg.norm(Phi), 1e-300)))
         history.append(res)
+        tau_now = draw.tau(v)
+        taus.append(tau_now)
+        if _DEBUG:
+            print(f"it {it} res {res:.3g} |g| {np.linalg.norm(g):.3g} kish {kish:.3f} tau {tau_now:.4f} "
+                  f"draws {n_draws} is {draw.used_is} |v| {np.linalg.norm(v):.3g}")
+        if _pinned_at_edge(history, taus):
+            raise EdgeOfNormalisabilityError(
+                f"the Newton path is pinned at the edge of the normalisable region (2 c s^2 kappa(v) = "
+                f"{tau_now:.4f} -> 1, eq. (A.3)) while the gradient stays at {np.linalg.norm(g):.3g}: within "
+                f"reach of the samples the potential (A.1) keeps decreasing towards the edge, so the saddle "
+                f"point is either at the edge or governed by a tail the sampler cannot resolve "
+                f"(docs/adaptive.md, section 2). Use a smaller gamma, or GradientFlowDMFT for the dynamics",
+                history, taus)
         if res < tol and kish >= _KISH_FINAL:
             return v, ss, w, Phi, H, history, it, n_draws
         if res < tol:
@@ -362,7 +384,7 @@ def _newton(draw, y, lam, c, tol, max_iter):
         E0 = energy(v, lnZ)
         # fraction to the boundary of the normalisable region, as in interior-point methods:
         # E(v) is infinite outside it and the reweighted estimate cannot see that (eq. (A.3))
-        tau_max = 0.5 * (1.0 + draw.tau(v))
+        tau_max = 0.5 * (1.0 + tau_now)
         # damped Newton (Nesterov-Nemirovski): a step of Hessian length < 1 stays inside the domain of
         # a self-concordant barrier; ln Z behaves like one near the edge of normalisability
         # (bounded activations have no edge: plain Newton with the line search)
@@ -495,7 +517,7 @@ class _ESSDraw:
         mu, A = self.mu_ref[0], self.A
         zeta = self.is_normals
         Z = mu + zeta @ A.T
-        psi = apply_elementwise(self.phi, np.ascontiguousarray(np.einsum('nr,pr->np', Z, self.L)))
+        psi = apply_elementwise(self.phi, np.ascontiguousarray(Z @ self.L.T))
         sv = psi @ v
         logw = -0.5 * np.sum(Z * Z, axis=1) / self.s2 + self.c * sv * sv + 0.5 * np.sum(zeta * zeta, axis=1)
         e = np.exp(logw - logw.max())

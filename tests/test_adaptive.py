@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from symtransfer.activations import Activation
-from symtransfer.errors import ConvergenceError, NoSaddlePointError
+from symtransfer.errors import ConvergenceError, EdgeOfNormalisabilityError, NoSaddlePointError
 from symtransfer.theory.adaptive import AdaptiveKernel, AdaptiveTransfer
 from symtransfer.theory.linear import LinearTheory
 
@@ -203,6 +203,23 @@ def test_convergence_error_carries_history():
     with pytest.raises(ConvergenceError) as info:
         AdaptiveKernel("tanh", gamma=1.0, n_samples=1024, max_iter=2).fit(X, y)
     assert len(info.value.residuals) == 2 and all(r > 0 for r in info.value.residuals)
+
+
+def test_relu_strong_tilt_stops_at_the_edge_with_diagnostics():
+    """ReLU, gamma = 2, +-1 labels: the Newton path presses against 2 c s^2 kappa = 1 (eq. (A.3)).
+
+    The solver must stop early with the tau history instead of spending max_iter iterations; a
+    Langevin network at this setting develops neuron norms that grow with the width (top |w|^2/D
+    35, 55, 169 at N = 250, 1000, 4000, against 5.9, 6.6, 13 at gamma = 1; docs/adaptive.md, section 2).
+    """
+    X, y, _, _, _ = _task(sign=True)
+    with pytest.raises(EdgeOfNormalisabilityError, match="GradientFlowDMFT") as info:
+        AdaptiveKernel("relu", gamma=2.0, n_samples=2048, max_iter=100).fit(X, y)
+    err = info.value
+    assert isinstance(err, ConvergenceError)
+    assert len(err.taus) == len(err.residuals) < 40
+    assert min(err.taus[-6:]) > 0.995 and max(err.taus) < 1.0
+    assert err.residuals[-1] > 1e-2
 
 
 @pytest.mark.parametrize("kwargs, name", [

@@ -184,41 +184,60 @@ def gh_mean(phi, M, sig, nodes, wts):
     return out
 
 
+@nb.njit
+def _gh_row(phi, MA, MB, SA, SB, RAB, w, nodes, wts, a, b0, out):
+    """Row ``a`` of :func:`gh_pair`, columns ``b0..nB-1``."""
+    n = MA.shape[0]
+    G = nodes.shape[0]
+    for b in range(b0, MB.shape[1]):
+        beta = RAB[a, b] / SA[a] if SA[a] > 0.0 else 0.0
+        tau2 = SB[b] * SB[b] - beta * beta
+        tau = math.sqrt(tau2) if tau2 > 0.0 else 0.0
+        acc = 0.0
+        for i in range(n):
+            inner = 0.0
+            for k in range(G):
+                ua = phi(MA[i, a] + SA[a] * nodes[k])
+                if tau == 0.0:
+                    inner += wts[k] * ua * phi(MB[i, b] + beta * nodes[k])
+                else:
+                    e = 0.0
+                    for l in range(G):
+                        e += wts[l] * phi(MB[i, b] + beta * nodes[k] + tau * nodes[l])
+                    inner += wts[k] * ua * e
+            acc += w[i] * inner
+        out[a, b] = acc
+
+
 @nb.njit(parallel=True)
-def gh_pair(phi, MA, MB, SA, SB, RAB, w, nodes, wts):
+def gh_pair(phi, MA, MB, SA, SB, RAB, w, nodes, wts, sym=False):
     """``sum_i w_i E[phi(u) phi(u')]`` for each pair of columns ``(a, b)``.
 
     ``(u, u')`` is Gaussian with mean ``(MA[i, a], MB[i, b])``, variances ``SA[a]^2, SB[b]^2`` and
     covariance ``RAB[a, b]``; the pair is written ``u = m + SA xi1``,
-    ``u' = m' + beta xi1 + tau xi2`` and integrated on the tensor Gauss-Hermite grid.
+    ``u' = m' + beta xi1 + tau xi2`` and integrated on the tensor Gauss-Hermite grid. With
+    ``sym=True`` (the same inputs on both axes) only ``b >= a`` is integrated and mirrored.
     """
-    n, nA = MA.shape
-    nB = MB.shape[1]
-    G = nodes.shape[0]
-    out = np.zeros((nA, nB))
-    for a in nb.prange(nA):
-        for b in range(nB):
-            if SA[a] > 0.0:
-                beta = RAB[a, b] / SA[a]
-            else:
-                beta = 0.0
-            tau2 = SB[b] * SB[b] - beta * beta
-            tau = math.sqrt(tau2) if tau2 > 0.0 else 0.0
-            acc = 0.0
-            for i in range(n):
-                inner = 0.0
-                for k in range(G):
-                    ua = phi(MA[i, a] + SA[a] * nodes[k])
-                    if tau == 0.0:
-                        inner += wts[k] * ua * phi(MB[i, b] + beta * nodes[k])
-                    else:
-                        e = 0.0
-                        for l in range(G):
-                            e += wts[l] * phi(MB[i, b] + beta * nodes[k] + tau * nodes[l])
-                        inner += wts[k] * ua * e
-                acc += w[i] * inner
-            out[a, b] = acc
+    nA = MA.shape[1]
+    out = np.zeros((nA, MB.shape[1]))
+    if not sym:
+        for a in nb.prange(nA):
+            _gh_row(phi, MA, MB, SA, SB, RAB, w, nodes, wts, a, 0, out)
+        return out
+    # rows a and nA-1-a together: every parallel iteration gets the same triangular work
+    for k in nb.prange((nA + 1) // 2):
+        _gh_row(phi, MA, MB, SA, SB, RAB, w, nodes, wts, k, k, out)
+        if nA - 1 - k != k:
+            _gh_row(phi, MA, MB, SA, SB, RAB, w, nodes, wts, nA - 1 - k, nA - 1 - k, out)
+    _mirror_upper(out)
     return out
+
+
+@nb.njit
+def _mirror_upper(out):
+    for a in range(out.shape[0]):
+        for b in range(a):
+            out[a, b] = out[b, a]
 
 
 @nb.njit(parallel=True)
@@ -281,55 +300,68 @@ def _panel_cuts(cuts, kinks, m, s):
     return c + 1
 
 
-@nb.njit(parallel=True)
-def gl_pair_split(phi, MA, MB, SA, SB, RAB, w, kinks, t, wt):
-    """:func:`gh_pair` for ``phi`` with kinks: Gauss-Legendre panels split at the kinks, both axes."""
-    n, nA = MA.shape
-    nB = MB.shape[1]
+@nb.njit
+def _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, t, wt, a, b0, out):
+    """Row ``a`` of :func:`gl_pair_split`, columns ``b0..nB-1``."""
+    n = MA.shape[0]
     nk = kinks.shape[0]
     Q = t.shape[0]
-    out = np.zeros((nA, nB))
-    for a in nb.prange(nA):
-        c1 = np.empty(2 * nk + 2)
-        c2 = np.empty(nk + 2)
-        for b in range(nB):
-            beta = RAB[a, b] / SA[a] if SA[a] > 0.0 else 0.0
-            tau2 = SB[b] * SB[b] - beta * beta
-            tau = math.sqrt(tau2) if tau2 > 0.0 else 0.0
-            acc = 0.0
-            for i in range(n):
-                ma = MA[i, a]
-                mb = MB[i, b]
-                # outer cuts: kinks of phi(u) and, when u' is a function of xi1 alone, of phi(u')
-                na = _panel_cuts(c1, kinks, ma, SA[a])
-                if tau == 0.0 and beta != 0.0:
-                    extra = _panel_cuts(c2, kinks, mb, beta)
-                    for k in range(1, extra - 1):
-                        c1[na - 1] = c2[k]
-                        na += 1
-                    c1[na - 1] = 10.0
-                    c1[:na].sort()
-                outer = 0.0
-                for p in range(na - 1):
-                    half = 0.5 * (c1[p + 1] - c1[p])
-                    mid = 0.5 * (c1[p + 1] + c1[p])
-                    for q in range(Q):
-                        x1 = mid + half * t[q]
-                        g1 = half * wt[q] * math.exp(-0.5 * x1 * x1) * 0.3989422804014327
-                        fa = phi(ma + SA[a] * x1)
-                        if tau == 0.0:
-                            outer += g1 * fa * phi(mb + beta * x1)
-                        else:
-                            mb1 = mb + beta * x1
-                            nb_ = _panel_cuts(c2, kinks, mb1, tau)
-                            inner = 0.0
-                            for p2 in range(nb_ - 1):
-                                h2 = 0.5 * (c2[p2 + 1] - c2[p2])
-                                m2 = 0.5 * (c2[p2 + 1] + c2[p2])
-                                for q2 in range(Q):
-                                    x2 = m2 + h2 * t[q2]
-                                    inner += h2 * wt[q2] * math.exp(-0.5 * x2 * x2) * phi(mb1 + tau * x2)
-                            outer += g1 * fa * inner * 0.3989422804014327
-                acc += w[i] * outer
-            out[a, b] = acc
+    c1 = np.empty(2 * nk + 2)
+    c2 = np.empty(nk + 2)
+    for b in range(b0, MB.shape[1]):
+        beta = RAB[a, b] / SA[a] if SA[a] > 0.0 else 0.0
+        tau2 = SB[b] * SB[b] - beta * beta
+        tau = math.sqrt(tau2) if tau2 > 0.0 else 0.0
+        acc = 0.0
+        for i in range(n):
+            ma = MA[i, a]
+            mb = MB[i, b]
+            # outer cuts: kinks of phi(u) and, when u' is a function of xi1 alone, of phi(u')
+            na = _panel_cuts(c1, kinks, ma, SA[a])
+            if tau == 0.0 and beta != 0.0:
+                extra = _panel_cuts(c2, kinks, mb, beta)
+                for k in range(1, extra - 1):
+                    c1[na - 1] = c2[k]
+                    na += 1
+                c1[na - 1] = 10.0
+                c1[:na].sort()
+            outer = 0.0
+            for p in range(na - 1):
+                half = 0.5 * (c1[p + 1] - c1[p])
+                mid = 0.5 * (c1[p + 1] + c1[p])
+                for q in range(Q):
+                    x1 = mid + half * t[q]
+                    g1 = half * wt[q] * math.exp(-0.5 * x1 * x1) * 0.3989422804014327
+                    fa = phi(ma + SA[a] * x1)
+                    if tau == 0.0:
+                        outer += g1 * fa * phi(mb + beta * x1)
+                    else:
+                        mb1 = mb + beta * x1
+                        nb_ = _panel_cuts(c2, kinks, mb1, tau)
+                        inner = 0.0
+                        for p2 in range(nb_ - 1):
+                            h2 = 0.5 * (c2[p2 + 1] - c2[p2])
+                            m2 = 0.5 * (c2[p2 + 1] + c2[p2])
+                            for q2 in range(Q):
+                                x2 = m2 + h2 * t[q2]
+                                inner += h2 * wt[q2] * math.exp(-0.5 * x2 * x2) * phi(mb1 + tau * x2)
+                        outer += g1 * fa * inner * 0.3989422804014327
+            acc += w[i] * outer
+        out[a, b] = acc
+
+
+@nb.njit(parallel=True)
+def gl_pair_split(phi, MA, MB, SA, SB, RAB, w, kinks, t, wt, sym=False):
+    """:func:`gh_pair` for ``phi`` with kinks: Gauss-Legendre panels split at the kinks, both axes."""
+    nA = MA.shape[1]
+    out = np.zeros((nA, MB.shape[1]))
+    if not sym:
+        for a in nb.prange(nA):
+            _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, t, wt, a, 0, out)
+        return out
+    for k in nb.prange((nA + 1) // 2):
+        _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, t, wt, k, k, out)
+        if nA - 1 - k != k:
+            _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, t, wt, nA - 1 - k, nA - 1 - k, out)
+    _mirror_upper(out)
     return out

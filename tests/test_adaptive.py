@@ -313,22 +313,56 @@ def test_one_task_matches_langevin_simulation(act, gamma):
 
 
 @pytest.mark.slow
-def test_transfer_matches_langevin_simulation():
-    """Jointly rich transfer (0 < coupling < inf), tanh: theory vs simulated source-then-target."""
+@pytest.mark.parametrize("act, gamma, n_inner", [("tanh", 1.0, 8), ("relu", 0.5, 32)])
+def test_transfer_matches_langevin_simulation(act, gamma, n_inner):
+    """Jointly rich transfer (0 < coupling < inf): theory vs simulated source-then-target.
+
+    ReLU needs more target samples per source sample (``n_inner``): the per-group normalisation of
+    the quenched average is biased by O(1/n_inner); measured here, the theory's shift from scratch moves
+    0.065 -> 0.054 from n_inner = 8 to 32, and the gap to N = 2000 is 0.022 -> 0.016 (MC sd 0.019).
+    """
     from symtransfer.sim import WideNetwork
 
     X1, y1, X2, y2, Xt = _pair(P1=24, P2=16, D=12)
     y1, y2 = np.sign(y1), np.sign(y2)
-    hyper = dict(gamma=1.0, weight_decay=1.0, temperature=1.0, coupling=2.0)
-    src = AdaptiveKernel("tanh", gamma=1.0, n_samples=32768, seed=1).fit(X1, y1)
-    tgt = src.transfer(X2, y2, **hyper, n_samples=32768)
+    hyper = dict(gamma=gamma, weight_decay=1.0, temperature=1.0, coupling=2.0)
+    src = AdaptiveKernel(act, gamma=gamma, n_samples=32768, seed=1).fit(X1, y1)
+    tgt = src.transfer(X2, y2, **hyper, n_samples=32768, n_inner=n_inner)
     f, sd = tgt.predict(Xt, return_std=True)
     gaps = []
     for N in (250, 2000):
-        net = WideNetwork(N, "tanh", gamma=1.0, weight_decay=1.0, temperature=1.0, steps=20000,
+        net = WideNetwork(N, act, gamma=gamma, weight_decay=1.0, temperature=1.0, steps=20000,
                           average_from=0.2, seed=3, progress=False).fit(X1, y1)
         net2 = net.transfer(X2, y2, **hyper)
         gaps.append(_sim_gap(f, sd, net2.predict(Xt))[0])
     rms_sd = float(np.sqrt(np.mean(sd**2)))
     assert gaps[1] < 3 * rms_sd + 0.03
     assert gaps[1] < gaps[0] + rms_sd
+
+
+@pytest.mark.slow
+def test_p500_fits_and_transfers_within_memory_budget():
+    """Issue 7 memory budget: P = 500 per task within 4 GB (one task and transfer, tanh, 8192 samples).
+
+    Slow (~30 s, run in a subprocess so that the peak RSS is this problem's alone). Measured: 0.71 GB.
+    """
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import resource, numpy as np
+        from symtransfer import AdaptiveKernel
+        rng = np.random.default_rng(0)
+        D = 64
+        b = rng.standard_normal(D)
+        X1, X2, Xt = (rng.standard_normal((n, D)) for n in (500, 500, 50))
+        src = AdaptiveKernel("tanh", gamma=0.5, n_samples=8192, tol=1e-3).fit(X1, X1 @ b / D**0.5)
+        tr = src.transfer(X2, X2 @ b / D**0.5, gamma=0.5, weight_decay=1.0, temperature=1.0, coupling=1.0)
+        assert np.all(np.isfinite(tr.predict(Xt)))
+        print(src.residual_, tr.residual_, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    res1, res2, gb = map(float, out.stdout.split())
+    assert res1 < 1e-3 and res2 < 1e-3
+    assert gb < 4.0

@@ -184,15 +184,21 @@ def gh_mean(phi, M, sig, nodes, wts):
     return out
 
 
+@nb.njit(inline="always")
+def _cond_split(r, sa, sb):
+    """``u' = m' + beta xi1 + tau xi2`` for ``u = m + sa xi1`` with covariance ``r``, variance ``sb^2``."""
+    beta = r / sa if sa > 0.0 else 0.0
+    tau2 = sb * sb - beta * beta
+    return beta, (math.sqrt(tau2) if tau2 > 0.0 else 0.0)
+
+
 @nb.njit
 def _gh_row(phi, MA, MB, SA, SB, RAB, w, nodes, wts, a, b0, out):
     """Row ``a`` of :func:`gh_pair`, columns ``b0..nB-1``."""
     n = MA.shape[0]
     G = nodes.shape[0]
     for b in range(b0, MB.shape[1]):
-        beta = RAB[a, b] / SA[a] if SA[a] > 0.0 else 0.0
-        tau2 = SB[b] * SB[b] - beta * beta
-        tau = math.sqrt(tau2) if tau2 > 0.0 else 0.0
+        beta, tau = _cond_split(RAB[a, b], SA[a], SB[b])
         acc = 0.0
         for i in range(n):
             inner = 0.0
@@ -309,9 +315,7 @@ def _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, t, wt, a, b0, out):
     c1 = np.empty(2 * nk + 2)
     c2 = np.empty(nk + 2)
     for b in range(b0, MB.shape[1]):
-        beta = RAB[a, b] / SA[a] if SA[a] > 0.0 else 0.0
-        tau2 = SB[b] * SB[b] - beta * beta
-        tau = math.sqrt(tau2) if tau2 > 0.0 else 0.0
+        beta, tau = _cond_split(RAB[a, b], SA[a], SB[b])
         acc = 0.0
         for i in range(n):
             ma = MA[i, a]

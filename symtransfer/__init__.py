@@ -5,6 +5,7 @@ from .errors import (ConvergenceError, DivergenceError, EdgeOfNormalisabilityErr
                      SymtransferError)
 from .datasets import TransferData, digits_transfer, load_task, load_transfer_data
 from .experiments import TransferTable, compare_transfer, kernel_alignment
+from .figures import ExperimentRun, run_experiment
 from .sim import WideNetwork
 from .sweep import SweepReport, load_results, run_sweep
 from .symbolic import SaddlePointSystem, derive
@@ -33,6 +34,8 @@ __all__ = [
     "StepSizeError",
     "compare_transfer",
     "TransferTable",
+    "run_experiment",
+    "ExperimentRun",
     "kernel_alignment",
     "SaddlePointSystem",
     "TransferData",

@@ -7,6 +7,7 @@ simulate    run simulations described by a TOML or JSON config and write the res
 compare     scratch / fine-tuning / jointly rich on one task pair, by theory, gradient flow or simulation
 phase-diagram  transfer gain of the proportional-limit linear theory over a grid, plotted
 sweep       a grid of parameters x seeds x methods, stored point by point in SQLite (resumable)
+experiment  one of the documented figures (theory lines, simulation points): PNG, PDF and tidy CSV (resumable)
 derive      mean-field action and saddle-point equations of an activation/setting (text, Markdown, LaTeX)
 """
 
@@ -136,6 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--local-cluster", action="store_true", help="start a Dask LocalCluster for this sweep")
     p.add_argument("--workers", type=int, default=None, help="number of local worker processes")
 
+    from .figures import EXPERIMENTS
+
+    p = sub.add_parser("experiment", help="a documented figure: PNG + PDF + tidy CSV, theory and simulation")
+    p.add_argument("name", metavar="NAME", help=f"one of: {', '.join(EXPERIMENTS)}")
+    p.add_argument("--out", default=None,
+                   help="output directory (default: docs/figures; with --fast: symtransfer-figures-fast)")
+    p.add_argument("--fast", action="store_true", help="tiny sizes (seconds), for tests and a first look")
+    p.add_argument("--db", default=None, help="SQLite database of finished points (default: <out>/NAME.sqlite); "
+                   "rerunning resumes from it")
+    p.add_argument("--threads", type=int, default=1, help="Numba/BLAS threads (default 1)")
+
     p = sub.add_parser("derive", help="action and saddle-point equations; --latex FILE or --markdown")
     p.add_argument("--activation", required=True, help="registered name or formula in x, e.g. 'x*exp(-x**2/4)'")
     p.add_argument("--setting", required=True, choices=["single", "finetune", "joint"])
@@ -175,6 +187,12 @@ def main(argv=None) -> int:
             report = sweep_cli(args.config, db_path=args.db, scheduler=args.scheduler,
                                local_cluster=args.local_cluster, workers=args.workers)
             if report.failures:
+                return 1
+        elif args.command == "experiment":
+            from .figures import experiment_cli
+
+            run = experiment_cli(args.name, args.out, fast=args.fast, db=args.db, threads=args.threads)
+            if run.failures:
                 return 1
         elif args.command == "derive":
             from .symbolic import derive_cli

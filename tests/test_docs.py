@@ -11,7 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 API_MODULES = ["activations", "sim", "tasks", "theory.linear", "theory.adaptive", "theory.dmft",
-               "theory.proportional", "symbolic", "experiments", "datasets", "sweep", "plotting"]
+               "theory.proportional", "symbolic", "experiments", "figures", "datasets", "sweep",
+               "plotting"]
 
 
 @pytest.mark.slow

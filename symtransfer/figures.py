@@ -1,0 +1,1220 @@
+"""The figures of ``symtransfer experiment NAME``: theory as lines, simulations as points.
+
+Each experiment is a list of *points* -- one theory solve or one simulation, for one parameter
+setting and one seed -- that are evaluated in this process and stored one by one in a SQLite
+results database with the schema of :mod:`symtransfer.sweep` (so :func:`symtransfer.sweep.load_results`
+reads it). A run that is interrupted, even killed, resumes without recomputing a finished point.
+The points are then aggregated over seeds into a tidy table (one row per method, setting, quantity
+and x value: ``mean``, ``sem``, ``n_seeds`` and the parameters), written as CSV, and drawn from that
+table, so the figure shows exactly the numbers of the CSV.
+
+Experiments (:data:`EXPERIMENTS`):
+
+``polynomial-data``
+    Target test error against the target sample size ``P2`` for scratch training (coupling 0),
+    readout fine-tuning (coupling inf) and jointly rich training (finite coupling), one panel per
+    teacher alignment ``alpha``; single-index teacher ``He1 + 0.5 He2``, ``tanh`` network. Theory:
+    the equilibrium adaptive kernel (:class:`~symtransfer.theory.adaptive.AdaptiveKernel`,
+    docs/theory.md sections 2-3) on the same data sets as the simulations
+    (:class:`~symtransfer.sim.WideNetwork`, Langevin at ``T = lambda = 1``, time-averaged predictor).
+``feature-strength``
+    The same task at fixed ``P2``, target error against the source feature-learning strength
+    ``gamma1`` (at ``gamma2 = 1``) and against the target one ``gamma2`` (at ``gamma1 = 1``).
+``digits-matrix``
+    scikit-learn digits: source pair x target pair, transfer gain (eq. (5.2)) of fine-tuning and of
+    jointly rich training, linear network; theory: the exact linear equilibrium theory through
+    :func:`~symtransfer.experiments.compare_transfer` (method ``"equilibrium"``), simulation through
+    the same function (method ``"simulation"``); with the measured task alignment
+    (:func:`~symtransfer.datasets.digits_alignment`).
+``phase-diagram``
+    Proportional-limit phase diagrams of the transfer gain (docs/theory.md section 6.5) for
+    fine-tuning and jointly rich training, and a cut along ``alpha`` at fixed ``nu2`` where
+    the closed form :func:`~symtransfer.theory.proportional.target_error` is compared with linear
+    width-``N`` simulations at finite ``D`` (and with the exact finite-``D`` theory on the same
+    data, :class:`~symtransfer.theory.linear.LinearTheory`).
+
+Sizes: ``fast=True`` gives a tiny version (seconds, used by the tests); the full sizes are those
+behind docs/figures/ (commands and wall times in docs/figures/README.md).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "EXPERIMENTS",
+    "CORE_COLUMNS",
+    "Experiment",
+    "ExperimentRun",
+    "experiment_config",
+    "experiment_points",
+    "run_experiment",
+    "read_table",
+    "disagreement",
+    "experiment_cli",
+]
+
+#: Columns every experiment's CSV starts with; parameters follow, then ``paired_diff`` and
+#: ``paired_diff_sem`` (simulation minus theory, paired over seeds; empty on theory rows).
+CORE_COLUMNS = ("experiment", "panel", "method", "setting", "quantity", "x_name", "x", "mean", "sem", "n_seeds")
+_TAIL_COLUMNS = ("paired_diff", "paired_diff_sem")
+
+DEFAULT_OUT = "docs/figures"
+DEFAULT_FAST_OUT = "symtransfer-figures-fast"
+
+_SETTINGS = ("scratch", "finetune", "joint")
+_LABEL = {"scratch": "scratch", "finetune": "fine-tune readout", "joint": "jointly rich"}
+_COLOR = {"scratch": "black", "finetune": "tab:blue", "joint": "tab:red"}
+# Seed offset of the scratch network, as in symtransfer.experiments (a stream disjoint from the source's).
+_SCRATCH_SEED = 7919
+
+
+# =========================================================================== configurations
+_HE12 = {"1": 1.0, "2": 0.5}
+
+_CONFIGS = {
+    "polynomial-data": {
+        "full": dict(dim=16, n_source=40, n_target=[5, 10, 20, 40], n_test=500, alphas=[0.0, 0.5, 1.0],
+                     teacher=_HE12, noise=0.1, activation="tanh", gamma=1.0, weight_decay=1.0, temperature=1.0,
+                     coupling=1.0, n_samples=8192, width=256, steps=4000, lr=None, average_from=0.25,
+                     max_snapshots=100, seeds=[0, 1, 2, 3]),
+        "fast": dict(dim=8, n_source=12, n_target=[4, 8], n_test=100, alphas=[0.0, 1.0], teacher=_HE12,
+                     noise=0.1, activation="tanh", gamma=1.0, weight_decay=1.0, temperature=1.0, coupling=1.0,
+                     n_samples=512, width=64, steps=400, lr=None, average_from=0.25, max_snapshots=50,
+                     seeds=[0, 1]),
+    },
+    "feature-strength": {
+        "full": dict(dim=16, n_source=40, n_target=20, n_test=500, alphas=[0.5, 1.0], gammas=[0.25, 0.5, 1.0, 1.5, 2.0],
+                     gamma_fixed=1.0, teacher=_HE12, noise=0.1, activation="tanh", weight_decay=1.0,
+                     temperature=1.0, coupling=1.0, n_samples=8192, width=256, steps=4000, lr=None,
+                     average_from=0.25, max_snapshots=100, seeds=[0, 1, 2]),
+        "fast": dict(dim=8, n_source=12, n_target=8, n_test=100, alphas=[1.0], gammas=[0.5, 2.0], gamma_fixed=1.0,
+                     teacher=_HE12, noise=0.1, activation="tanh", weight_decay=1.0, temperature=1.0, coupling=1.0,
+                     n_samples=512, width=64, steps=400, lr=None, average_from=0.25, max_snapshots=50,
+                     seeds=[0, 1]),
+    },
+    "digits-matrix": {
+        "full": dict(sources=["3-8", "4-9", "1-7"], targets=["5-8", "3-5", "0-1", "9-8"], n_source=100,
+                     n_target=20, activation="linear", gamma=2.0, weight_decay=1.0, temperature=1.0, coupling=1.0,
+                     width=256, steps=3000, lr=0.01, average_from=0.25, max_snapshots=100, seeds=[0, 1, 2]),
+        "fast": dict(sources=["3-8", "1-7"], targets=["5-8", "0-1"], n_source=40, n_target=10, activation="linear",
+                     gamma=2.0, weight_decay=1.0, temperature=1.0, coupling=1.0, width=128, steps=600, lr=0.01,
+                     average_from=0.25, max_snapshots=50, seeds=[0, 1]),
+    },
+    "phase-diagram": {
+        "full": dict(params=dict(nu1=2.0, g1=3.0, g2=3.0, lam1=1.0, lam2=1.0, T1=0.5, T2=0.5, sigma1=0.2, sigma2=0.2,
+                                 coupling=1.0),
+                     n_grid=41, nu2_range=[0.1, 10.0], cut_nu2=1.0, cut_alphas=[0.0, 0.25, 0.5, 0.75, 1.0],
+                     n_line=51, dim=80, width=256, steps=3000, lr=0.02, average_from=0.25, max_snapshots=100,
+                     seeds=[0, 1, 2, 3]),
+        "fast": dict(params=dict(nu1=2.0, g1=3.0, g2=3.0, lam1=1.0, lam2=1.0, T1=0.5, T2=0.5, sigma1=0.2, sigma2=0.2,
+                                 coupling=1.0),
+                     n_grid=9, nu2_range=[0.1, 10.0], cut_nu2=1.0, cut_alphas=[0.0, 0.5, 1.0], n_line=4, dim=16,
+                     width=64, steps=600, lr=0.02, average_from=0.25, max_snapshots=50, seeds=[0, 1]),
+    },
+}
+
+
+def experiment_config(name: str, fast: bool = False) -> dict:
+    """The sizes and parameters of experiment ``name`` (a fresh copy; ``fast`` for the tiny version)."""
+    _experiment(name)
+    return json.loads(json.dumps(_CONFIGS[name]["fast" if fast else "full"]))
+
+
+# =========================================================================== evaluation helpers
+@contextmanager
+def _threads(n):
+    """Numba and BLAS threads limited to ``n`` while the points run.
+
+    On a shared, busy machine the simulator's two-thread barriers cost far more than they save
+    (measured: 13x slower than one thread for a width-512 tanh network), so the default is one.
+    """
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+            yield
+        else:
+            with threadpool_limits(limits=int(n)):
+                yield
+    finally:
+        numba.set_num_threads(before)
+
+
+def _teacher(spec) -> dict:
+    return {int(k): float(v) for k, v in spec.items()}
+
+
+def _sim_options(p) -> dict:
+    return dict(steps=p["steps"], lr=p["lr"], average_from=p["average_from"], max_snapshots=p["max_snapshots"],
+                progress=False)
+
+
+# --- Gaussian single-index tasks (polynomial-data, feature-strength) -------------------------------
+# make_transfer_pair draws the two index vectors from the seed alone and each task from its own
+# stream, so the source task does not depend on alpha or the target size, and the target task not on
+# the source size: sources are fitted once per seed and shared by every target (tested).
+_SOURCE_KEYS = ("dim", "n_source", "n_test", "teacher", "noise", "seed", "activation", "gamma1", "weight_decay",
+                "temperature")
+
+
+def _hashable(p, keys):
+    return tuple((k, tuple(sorted(p[k].items())) if isinstance(p[k], dict) else p[k]) for k in keys if k in p)
+
+
+@lru_cache(maxsize=16)
+def _gaussian_source_task(dim, n_source, n_test, teacher, noise, seed):
+    from .tasks import make_transfer_pair
+
+    return make_transfer_pair(dim, n_source, 1, n_test, 0.0, teacher=_teacher(dict(teacher)), noise_source=noise,
+                              noise_target=noise, seed=seed).source
+
+
+@lru_cache(maxsize=16)
+def _gaussian_target_task(dim, n_pool, n_test, alpha, teacher, noise, seed):
+    from .tasks import make_transfer_pair
+
+    return make_transfer_pair(dim, 1, n_pool, n_test, alpha, teacher=_teacher(dict(teacher)), noise_source=noise,
+                              noise_target=noise, seed=seed).target
+
+
+def _gaussian_data(p):
+    """Source set, the first ``n_target`` rows of the target pool, and the target test set.
+
+    The target sets of one seed are nested (smaller ``P2`` = a prefix of the pool) and share one
+    test set, so curves against ``P2`` are not roughened by redrawing.
+    """
+    teacher = tuple(sorted(p["teacher"].items()))
+    s = _gaussian_source_task(p["dim"], p["n_source"], p["n_test"], teacher, p["noise"], p["seed"])
+    t = _gaussian_target_task(p["dim"], p["n_pool"], p["n_test"], p["alpha"], teacher, p["noise"], p["seed"])
+    n = p["n_target"]
+    return (s.X_train, s.y_train), (t.X_train[:n], t.y_train[:n]), (t.X_test, t.y_test_clean)
+
+
+@lru_cache(maxsize=8)
+def _theory_source(key):
+    from .theory.adaptive import AdaptiveKernel
+
+    p = dict(key)  # the teacher stays a tuple of items, as _gaussian_source_task caches it
+    s = _gaussian_source_task(p["dim"], p["n_source"], p["n_test"], p["teacher"], p["noise"], p["seed"])
+    return AdaptiveKernel(p["activation"], gamma=p["gamma1"], weight_decay=p["weight_decay"],
+                          temperature=p["temperature"], n_samples=p["n_samples"],
+                          seed=p["seed"]).fit(s.X_train, s.y_train)
+
+
+@lru_cache(maxsize=8)
+def _sim_source(key):
+    from .sim import WideNetwork
+
+    p = dict(key)  # the teacher stays a tuple of items, as _gaussian_source_task caches it
+    s = _gaussian_source_task(p["dim"], p["n_source"], p["n_test"], p["teacher"], p["noise"], p["seed"])
+    return WideNetwork(p["width"], p["activation"], gamma=p["gamma1"], weight_decay=p["weight_decay"],
+                       temperature=p["temperature"], seed=p["seed"], **_sim_options(p)).fit(s.X_train, s.y_train)
+
+
+_SIM_KEYS = ("width", "steps", "lr", "average_from", "max_snapshots")
+
+
+def _evaluate_gaussian(p) -> dict:
+    """Target test error (eq. (5.1), against the noiseless teacher) of one setting, method and seed.
+
+    Theory: the adaptive-kernel predictor, eq. (2.5) for scratch and eq. (3.3) after transfer
+    (docs/theory.md); simulation: the time-averaged predictor of a width-N Langevin network.
+    """
+    _, (X2, y2), (Xt, yt) = _gaussian_data(p)
+    hyper = dict(gamma=p["gamma2"], weight_decay=p["weight_decay"], temperature=p["temperature"])
+    setting = p["setting"]
+    if p["method"] == "theory":
+        from .theory.adaptive import AdaptiveKernel
+
+        if setting == "scratch":
+            # what AdaptiveKernel.transfer(coupling=0) solves, without fitting a source it would not use
+            model = AdaptiveKernel(p["activation"], n_samples=p["n_samples"], seed=p["seed"] + 1, **hyper).fit(X2, y2)
+        else:
+            src = _theory_source(_hashable(p, _SOURCE_KEYS + ("n_samples",)))
+            coupling = math.inf if setting == "finetune" else p["coupling"]
+            model = src.transfer(X2, y2, coupling=coupling, **hyper)
+    else:
+        from .sim import WideNetwork
+
+        if setting == "scratch":
+            model = WideNetwork(p["width"], p["activation"], seed=p["seed"] + _SCRATCH_SEED, **hyper,
+                                **_sim_options(p)).fit(X2, y2)
+        else:
+            src = _sim_source(_hashable(p, _SOURCE_KEYS + _SIM_KEYS))
+            if setting == "finetune":
+                model = src.transfer(X2, y2, readout_only=True, **hyper)
+            else:
+                model = src.transfer(X2, y2, coupling=p["coupling"], **hyper)
+    return {"test_error": float(np.mean((model.predict(Xt) - yt) ** 2))}
+
+
+def _gaussian_point(cfg, name, method, setting, alpha, n_target, n_pool, gamma1, gamma2, seed) -> dict:
+    p = {"experiment": name, "method": method, "setting": setting, "dim": cfg["dim"], "n_source": cfg["n_source"],
+         "n_target": n_target, "n_pool": n_pool, "n_test": cfg["n_test"], "alpha": float(alpha),
+         "teacher": dict(cfg["teacher"]), "noise": cfg["noise"], "activation": cfg["activation"],
+         "gamma1": float(gamma1), "gamma2": float(gamma2), "weight_decay": cfg["weight_decay"],
+         "temperature": cfg["temperature"], "coupling": cfg["coupling"], "seed": seed}
+    if setting != "joint":
+        del p["coupling"]
+    if setting == "scratch":
+        del p["gamma1"]  # scratch never sees the source: identical points across gamma1 collapse into one
+    if method == "theory":
+        p["n_samples"] = cfg["n_samples"]
+    else:
+        p.update(width=cfg["width"], steps=cfg["steps"], lr=cfg["lr"], average_from=cfg["average_from"],
+                 max_snapshots=cfg["max_snapshots"])
+    return p
+
+
+def _gaussian_params(cfg, p) -> dict:
+    """Parameter columns of a Gaussian-task row."""
+    coupling = {"scratch": 0.0, "finetune": math.inf}.get(p["setting"], p.get("coupling"))
+    return {"alpha": p["alpha"], "n_source": p["n_source"], "n_target": p["n_target"], "dim": p["dim"],
+            "gamma1": p.get("gamma1", ""), "gamma2": p["gamma2"], "coupling": coupling,
+            "weight_decay": p["weight_decay"], "temperature": p["temperature"], "activation": p["activation"],
+            "teacher": " + ".join(f"{v:g} He{k}" for k, v in sorted(p["teacher"].items())), "noise": p["noise"],
+            "n_test": p["n_test"], "n_samples": p.get("n_samples", ""), "width": p.get("width", ""),
+            "steps": p.get("steps", "")}
+
+
+_GAUSSIAN_COLUMNS = ("alpha", "n_source", "n_target", "dim", "gamma1", "gamma2", "coupling", "weight_decay",
+                     "temperature", "activation", "teacher", "noise", "n_test", "n_samples", "width", "steps")
+
+
+# --- polynomial-data ---------------------------------------------------------------------------------
+def _poly_specs(cfg):
+    name = "polynomial-data"
+    pool = max(cfg["n_target"])
+    g = cfg["gamma"]
+    specs = []
+    for alpha in cfg["alphas"]:
+        for method in ("theory", "simulation"):
+            for setting in _SETTINGS:
+                for n in cfg["n_target"]:
+                    pts = [_gaussian_point(cfg, name, method, setting, alpha, n, pool, g, g, s) for s in cfg["seeds"]]
+                    meta = {"panel": f"alpha={alpha:g}", "method": method, "setting": setting,
+                            "quantity": "test_error", "x_name": "n_target", "x": n}
+                    specs.append(_Spec(meta, _gaussian_params(cfg, pts[0]), cfg["seeds"], _field(pts, "test_error")))
+    return specs
+
+
+# --- feature-strength --------------------------------------------------------------------------------
+def _fs_specs(cfg):
+    name = "feature-strength"
+    g0 = cfg["gamma_fixed"]
+    specs = []
+    for alpha in cfg["alphas"]:
+        for vary in ("gamma1", "gamma2"):
+            for method in ("theory", "simulation"):
+                for setting in _SETTINGS:
+                    for g in cfg["gammas"]:
+                        g1, g2 = (g, g0) if vary == "gamma1" else (g0, g)
+                        pts = [_gaussian_point(cfg, name, method, setting, alpha, cfg["n_target"], cfg["n_target"],
+                                               g1, g2, s) for s in cfg["seeds"]]
+                        meta = {"panel": f"alpha={alpha:g}, {vary}", "method": method, "setting": setting,
+                                "quantity": "test_error", "x_name": vary, "x": g}
+                        params = _gaussian_params(cfg, pts[0])
+                        params["gamma1"] = g1  # the axis value, also for scratch (which does not depend on it)
+                        specs.append(_Spec(meta, params, cfg["seeds"], _field(pts, "test_error")))
+    return specs
+
+
+# --- digits-matrix -----------------------------------------------------------------------------------
+def _digits_point(cfg, method, source, target, seed):
+    p = {"experiment": "digits-matrix", "method": method, "source": source, "target": target,
+         "n_source": cfg["n_source"], "n_target": cfg["n_target"], "activation": cfg["activation"],
+         "gamma1": cfg["gamma"], "gamma2": cfg["gamma"], "weight_decay": cfg["weight_decay"],
+         "temperature": cfg["temperature"], "coupling": cfg["coupling"], "seed": seed}
+    if method == "simulation":
+        p.update(width=cfg["width"], steps=cfg["steps"], lr=cfg["lr"], average_from=cfg["average_from"],
+                 max_snapshots=cfg["max_snapshots"])
+    return p
+
+
+def _evaluate_digits(p) -> dict:
+    """Test errors of the three settings on one digits transfer problem (one seed), by
+    :func:`~symtransfer.experiments.compare_transfer`; the test set is every remaining target image."""
+    from .datasets import digits_transfer
+    from .experiments import compare_transfer
+
+    d = digits_transfer(p["source"], p["target"], n_source=p["n_source"], n_target=p["n_target"], seed=p["seed"])
+    hyper = {i: {"gamma": p[f"gamma{i}"], "weight_decay": p["weight_decay"], "temperature": p["temperature"]}
+             for i in (1, 2)}
+    settings = {"activation": p["activation"], "couplings": [p["coupling"]], "source": hyper[1], "target": hyper[2]}
+    if p["method"] == "theory":
+        table = compare_transfer(*d.as_tuples(), settings=settings, method="equilibrium", seeds=[p["seed"]])
+    else:
+        settings["simulation"] = {k: p[k] for k in ("width", "steps", "lr", "average_from", "max_snapshots")}
+        table = compare_transfer(*d.as_tuples(), settings=settings, method="simulation", seeds=[p["seed"]])
+    out = {f"test_error_{s}": table.row(s)["test_error"] for s in _SETTINGS}
+    out["task_alignment"] = d.alignment
+    out["n_test"] = len(d.y_test)
+    return out
+
+
+def _digits_specs(cfg):
+    from .datasets import digits_alignment
+
+    specs = []
+    for source in cfg["sources"]:
+        for target in cfg["targets"]:
+            align = digits_alignment(source, target)
+            for method in ("theory", "simulation"):
+                pts = [_digits_point(cfg, method, source, target, s) for s in cfg["seeds"]]
+                params = {"source": source, "target": target, "task_alignment": align, "n_source": cfg["n_source"],
+                          "n_target": cfg["n_target"], "gamma1": cfg["gamma"], "gamma2": cfg["gamma"],
+                          "weight_decay": cfg["weight_decay"], "temperature": cfg["temperature"],
+                          "activation": cfg["activation"], "width": cfg["width"] if method == "simulation" else "",
+                          "steps": cfg["steps"] if method == "simulation" else ""}
+                for setting in _SETTINGS:
+                    meta = {"panel": f"source {source}", "method": method, "setting": setting,
+                            "quantity": "test_error", "x_name": "target", "x": target}
+                    specs.append(_Spec(meta, dict(params, coupling=_COUPLING_OF[setting](cfg)), cfg["seeds"],
+                                       _field(pts, f"test_error_{setting}")))
+                for setting in ("finetune", "joint"):
+                    meta = {"panel": f"source {source}", "method": method, "setting": setting,
+                            "quantity": "gain", "x_name": "target", "x": target}
+                    specs.append(_Spec(meta, dict(params, coupling=_COUPLING_OF[setting](cfg)), cfg["seeds"],
+                                       _difference(pts, "test_error_scratch", f"test_error_{setting}")))
+    return specs
+
+
+_DIGITS_COLUMNS = ("source", "target", "task_alignment", "n_source", "n_target", "gamma1", "gamma2", "coupling",
+                   "weight_decay", "temperature", "activation", "width", "steps")
+_COUPLING_OF = {"scratch": lambda cfg: 0.0, "finetune": lambda cfg: math.inf, "joint": lambda cfg: cfg["coupling"]}
+
+
+# --- phase-diagram -----------------------------------------------------------------------------------
+def _phase_point(cfg, setting, alpha, seed):
+    pr = cfg["params"]
+    p = {"experiment": "phase-diagram", "method": "simulation", "setting": setting, "dim": cfg["dim"],
+         "nu1": pr["nu1"], "nu2": cfg["cut_nu2"], "alpha": float(alpha), "g1": pr["g1"], "g2": pr["g2"],
+         "lam1": pr["lam1"], "lam2": pr["lam2"], "T1": pr["T1"], "T2": pr["T2"], "sigma1": pr["sigma1"],
+         "sigma2": pr["sigma2"], "coupling": pr["coupling"], "seed": seed, "width": cfg["width"],
+         "steps": cfg["steps"], "lr": cfg["lr"], "average_from": cfg["average_from"],
+         "max_snapshots": cfg["max_snapshots"]}
+    if setting != "joint":
+        del p["coupling"]
+    if setting == "scratch":
+        for k in ("nu1", "g1", "lam1", "T1", "sigma1"):
+            del p[k]
+    return p
+
+
+def _phase_sizes(p):
+    D = p["dim"]
+    P1 = max(1, round(p["nu1"] * D)) if "nu1" in p else None
+    return D, P1, max(1, round(p["nu2"] * D))
+
+
+# As for the Gaussian tasks: the source task depends on (D, P1, sigma1, seed) only and the target task
+# on (D, P2, alpha, sigma2, seed) only, so one source network serves every alpha of the cut.
+@lru_cache(maxsize=4)
+def _phase_source_task(D, P1, sigma1, seed):
+    from .tasks import make_transfer_pair
+
+    return make_transfer_pair(D, P1, 1, 0, 0.0, noise_source=sigma1, seed=seed).source
+
+
+@lru_cache(maxsize=4)
+def _phase_target_task(D, P2, alpha, sigma2, seed):
+    from .tasks import make_transfer_pair
+
+    return make_transfer_pair(D, 1, P2, 0, alpha, noise_target=sigma2, seed=seed).target
+
+
+_PHASE_SOURCE_KEYS = ("dim", "nu1", "sigma1", "seed", "g1", "lam1", "T1") + ("width", "steps", "lr", "average_from",
+                                                                           "max_snapshots")
+
+
+@lru_cache(maxsize=4)
+def _phase_source(key):
+    """Source network and exact finite-D source theory (shared by every alpha and setting of a seed)."""
+    from .sim import WideNetwork
+    from .theory.linear import LinearTheory
+
+    p = dict(key)
+    D, P1, _ = _phase_sizes(dict(p, nu2=1.0))
+    s = _phase_source_task(D, P1, p["sigma1"], p["seed"])
+    hyper = dict(gamma=p["g1"] / math.sqrt(P1), weight_decay=p["lam1"], temperature=p["T1"])
+    net = WideNetwork(p["width"], "linear", seed=p["seed"], **hyper, **_sim_options(p)).fit(s.X_train, s.y_train)
+    return net, LinearTheory(**hyper).fit(s.X_train, s.y_train)
+
+
+def _evaluate_phase(p) -> dict:
+    """Population target error ``|w - beta2|^2/D`` of a linear width-N network, and of the exact
+    finite-D theory on the same data (docs/theory.md eqs. (2.10), (3.6)), for one setting and seed.
+
+    ``gamma_k = g_k/sqrt(P_k)`` with ``P_k = round(nu_k D)``, as in the proportional limit.
+    """
+    from .sim import WideNetwork
+    from .theory.linear import LinearTheory
+
+    D, _, P2 = _phase_sizes(p)
+    t = _phase_target_task(D, P2, p["alpha"], p["sigma2"], p["seed"])
+    hyper = dict(gamma=p["g2"] / math.sqrt(P2), weight_decay=p["lam2"], temperature=p["T2"])
+    if p["setting"] == "scratch":
+        net = WideNetwork(p["width"], "linear", seed=p["seed"] + _SCRATCH_SEED, **hyper,
+                          **_sim_options(p)).fit(t.X_train, t.y_train)
+        exact = LinearTheory(**hyper).fit(t.X_train, t.y_train)
+    else:
+        src, src_exact = _phase_source(_hashable(p, _PHASE_SOURCE_KEYS))
+        coupling = math.inf if p["setting"] == "finetune" else p["coupling"]
+        if p["setting"] == "finetune":
+            net = src.transfer(t.X_train, t.y_train, readout_only=True, **hyper)
+        else:
+            net = src.transfer(t.X_train, t.y_train, coupling=coupling, **hyper)
+        exact = src_exact.transfer(t.X_train, t.y_train, coupling=coupling, **hyper)
+    # the network is linear in x: predictions at sqrt(D) e_i read off its weight vector, so the error
+    # against the noiseless teacher is the population value (no test-set noise)
+    eye = math.sqrt(D) * np.eye(D)
+    return {"test_error": float(np.sum((net.predict(eye) - t.beta) ** 2) / D),
+            "test_error_finite_d": float(np.sum((exact.predict(eye) - t.beta) ** 2) / D)}
+
+
+def _phase_diagrams(cfg):
+    from .theory.proportional import phase_diagram
+
+    pr = cfg["params"]
+    alphas = np.linspace(0.0, 1.0, cfg["n_grid"])
+    nu2s = np.geomspace(*cfg["nu2_range"], cfg["n_grid"])
+    base = {k: v for k, v in pr.items() if k != "coupling"}
+    return {"finetune": phase_diagram("alpha", "nu2", x_values=alphas, y_values=nu2s, setting="finetune", **base),
+            "joint": phase_diagram("alpha", "nu2", x_values=alphas, y_values=nu2s, setting="joint", **base,
+                                   coupling=pr["coupling"])}
+
+
+def _closed_form(cfg, setting, alpha):
+    from .theory.proportional import target_error
+
+    pr = dict(cfg["params"])
+    c = pr.pop("coupling")
+    return float(target_error(setting, nu2=cfg["cut_nu2"], alpha=alpha, coupling=c if setting == "joint" else None,
+                              **pr))
+
+
+def _phase_specs(cfg):
+    pr = cfg["params"]
+    common = {**{k: pr[k] for k in ("nu1", "g1", "g2", "lam1", "lam2", "T1", "T2", "sigma1", "sigma2")}}
+    specs = []
+    diagrams = _phase_diagrams(cfg)
+    for setting, d in diagrams.items():
+        for j, nu2 in enumerate(d.y):
+            for i, alpha in enumerate(d.x):
+                meta = {"panel": f"diagram {setting}", "method": "theory", "setting": setting, "quantity": "gain",
+                        "x_name": "alpha", "x": float(alpha)}
+                params = dict(common, nu2=float(nu2), coupling=_COUPLING_OF[setting](pr), dim="", width="", steps="")
+                specs.append(_Spec(meta, params, [None], _const(float(d.gain[j, i]))))
+    # the simulated alphas are on the line too, so every simulation row has its theory row
+    line = np.union1d(np.linspace(0.0, 1.0, cfg["n_line"]), cfg["cut_alphas"])
+    cut = dict(common, nu2=cfg["cut_nu2"])
+    for setting in _SETTINGS:
+        for a in line:
+            meta = {"panel": f"cut nu2={cfg['cut_nu2']:g}", "method": "theory", "setting": setting,
+                    "quantity": "test_error", "x_name": "alpha", "x": float(a)}
+            params = dict(cut, coupling=_COUPLING_OF[setting](pr), dim="", width="", steps="")
+            specs.append(_Spec(meta, params, [None], _const(_closed_form(cfg, setting, a))))
+            if setting != "scratch":
+                g = _closed_form(cfg, "scratch", a) - _closed_form(cfg, setting, a)
+                specs.append(_Spec(dict(meta, quantity="gain"), params, [None], _const(g)))
+    for method, fld in (("simulation", "test_error"), ("theory_finite_d", "test_error_finite_d")):
+        for setting in _SETTINGS:
+            for a in cfg["cut_alphas"]:
+                pts = [_phase_point(cfg, setting, a, s) for s in cfg["seeds"]]
+                meta = {"panel": f"cut nu2={cfg['cut_nu2']:g}", "method": method, "setting": setting,
+                        "quantity": "test_error", "x_name": "alpha", "x": float(a)}
+                params = dict(cut, coupling=_COUPLING_OF[setting](pr), dim=cfg["dim"], width=cfg["width"],
+                              steps=cfg["steps"])
+                specs.append(_Spec(meta, params, cfg["seeds"], _field(pts, fld)))
+                if setting != "scratch":
+                    base = [_phase_point(cfg, "scratch", a, s) for s in cfg["seeds"]]
+                    specs.append(_Spec(dict(meta, quantity="gain"), params, cfg["seeds"],
+                                       _difference2(base, pts, fld)))
+    return specs
+
+
+_PHASE_COLUMNS = ("nu1", "nu2", "g1", "g2", "lam1", "lam2", "T1", "T2", "sigma1", "sigma2", "coupling", "dim",
+                  "width", "steps")
+
+
+# =========================================================================== table machinery
+@dataclass
+class _Spec:
+    """One row of the tidy table: its labels, parameters, seeds and how to get the value of a seed.
+
+    ``fetch(seed, lookup)`` returns the value for that seed or ``None`` when a needed point is
+    missing (failed); ``lookup(point)`` returns the stored results of a point or ``None``.
+    ``points`` lists every point the row needs (for the run's work list).
+    """
+
+    meta: dict
+    params: dict
+    seeds: list
+    fetch: object
+    points: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.points = list(getattr(self.fetch, "points", []))
+
+
+def _field(points, name):
+    by_seed = {p["seed"]: p for p in points}
+
+    def fetch(seed, lookup):
+        r = lookup(by_seed[seed])
+        return None if r is None else r[name]
+
+    fetch.points = points
+    return fetch
+
+
+def _difference(points, first, second):
+    """Per-seed ``result[first] - result[second]`` of the same point (a paired difference)."""
+    by_seed = {p["seed"]: p for p in points}
+
+    def fetch(seed, lookup):
+        r = lookup(by_seed[seed])
+        return None if r is None else r[first] - r[second]
+
+    fetch.points = points
+    return fetch
+
+
+def _difference2(base, other, name):
+    """Per-seed ``base[name] - other[name]`` of two points of the same seed (a paired difference)."""
+    b = {p["seed"]: p for p in base}
+    o = {p["seed"]: p for p in other}
+
+    def fetch(seed, lookup):
+        rb, ro = lookup(b[seed]), lookup(o[seed])
+        return None if rb is None or ro is None else rb[name] - ro[name]
+
+    fetch.points = list(base) + list(other)
+    return fetch
+
+
+def _const(value):
+    def fetch(seed, lookup):
+        return value
+
+    fetch.points = []
+    return fetch
+
+
+def _mean_sem(values, deterministic=False):
+    """Mean and standard error over seeds; the error of a single seed is unknown (NaN) unless the
+    value is deterministic (a closed form), where it is 0."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return math.nan, math.nan
+    if v.size == 1:
+        return float(v[0]), 0.0 if deterministic else math.nan
+    return float(v.mean()), float(np.std(v, ddof=1) / math.sqrt(v.size))
+
+
+def _rows(name, specs, lookup, param_columns):
+    rows, per_seed = [], {}
+    for spec in specs:
+        vals = {}
+        for s in spec.seeds:
+            v = spec.fetch(s, lookup)
+            if v is not None:
+                vals[s] = float(v)
+        mean, sem = _mean_sem(list(vals.values()), deterministic=spec.seeds == [None])
+        row = {"experiment": name, **spec.meta, "mean": mean, "sem": sem, "n_seeds": len(vals)}
+        row.update({k: spec.params.get(k, "") for k in param_columns})
+        row["paired_diff"] = row["paired_diff_sem"] = ""
+        rows.append(row)
+        per_seed[id(row)] = vals
+    # simulation minus theory, paired over seeds (the data variability common to both cancels)
+    theory = {_row_id(r): per_seed[id(r)] for r in rows if r["method"] == "theory"}
+    for r in rows:
+        if r["method"] != "simulation" or _row_id(r) not in theory:
+            continue
+        th, sim = theory[_row_id(r)], per_seed[id(r)]
+        if list(th) == [None]:  # deterministic closed form: the same value for every seed
+            diffs = [v - th[None] for v in sim.values()]
+        else:
+            diffs = [sim[s] - th[s] for s in sim if s in th]
+        if diffs:
+            r["paired_diff"], r["paired_diff_sem"] = _mean_sem(diffs)
+    return rows
+
+
+def _row_id(r):
+    return (r["panel"], r["setting"], r["quantity"], r["x_name"], r["x"])
+
+
+# =========================================================================== plotting
+def _figure(figsize):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _select(rows, **kw):
+    out = [r for r in rows if all(r[k] == v for k, v in kw.items())]
+    return sorted(out, key=lambda r: r["x"])
+
+
+def _theory_line(ax, rows, setting, ls="-", band=True, label=None, xshift=1.0):
+    if not rows:
+        return
+    x = np.array([r["x"] for r in rows], dtype=float) * xshift
+    m = np.array([r["mean"] for r in rows], dtype=float)
+    s = np.array([r["sem"] for r in rows], dtype=float)
+    ax.plot(x, m, ls=ls, color=_COLOR[setting], lw=1.6, label=label)
+    if band and np.any(s > 0):
+        ax.fill_between(x, m - s, m + s, color=_COLOR[setting], alpha=0.15, lw=0)
+
+
+def _sim_points(ax, rows, setting, xshift=1.0, marker="o", hollow=False, label=None):
+    if not rows:
+        return
+    x = np.array([r["x"] for r in rows], dtype=float) * xshift
+    m = np.array([r["mean"] for r in rows], dtype=float)
+    s = np.array([r["sem"] for r in rows], dtype=float)
+    c = _COLOR[setting]
+    ax.errorbar(x, m, yerr=s, fmt=marker, ms=5, color=c, mfc="white" if hollow else c, mew=1.2, capsize=2.5,
+                 elinewidth=1.1, lw=0, label=label)
+
+
+def _method_legend(ax, extra=(), loc="best", settings=_SETTINGS, figure=False):
+    """Colours for the settings, line/marker for theory/simulation; on ``ax`` or below the figure."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=_COLOR[s], lw=2, label=_LABEL[s]) for s in settings]
+    handles += [Line2D([], [], color="gray", lw=1.6, label="theory ($N\\to\\infty$)"),
+                Line2D([], [], color="gray", marker="o", lw=0, label="simulation (mean ± sem)")]
+    handles += list(extra)
+    if figure:
+        ax.figure.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize="medium",
+                         frameon=False)
+    else:
+        ax.legend(handles=handles, fontsize="small", loc=loc, framealpha=0.9)
+
+
+def _plot_poly(cfg, rows):
+    alphas = cfg["alphas"]
+    fig = _figure((4.0 * len(alphas), 4.0))
+    axes = fig.subplots(1, len(alphas), sharey=True, squeeze=False)[0]
+    shifts = {"scratch": 0.96, "finetune": 1.0, "joint": 1.04}
+    for ax, alpha in zip(axes, alphas):
+        panel = f"alpha={alpha:g}"
+        for s in _SETTINGS:
+            _theory_line(ax, _select(rows, panel=panel, method="theory", setting=s), s, band=False)
+            _sim_points(ax, _select(rows, panel=panel, method="simulation", setting=s), s, xshift=shifts[s])
+        ax.set_xscale("log")
+        ax.set_xticks(cfg["n_target"], [str(n) for n in cfg["n_target"]])
+        ax.minorticks_off()
+        ax.set_xlabel("target samples $P_2$")
+        ax.set_title(f"$\\alpha$ = {alpha:g}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("target test error (noiseless teacher)")
+    _method_legend(axes[0], loc="lower left")
+    fig.suptitle(f"{cfg['activation']} network, teacher He$_1$ + 0.5 He$_2$, D = {cfg['dim']}, "
+                 f"$P_1$ = {cfg['n_source']}, $\\gamma_1=\\gamma_2$ = {cfg['gamma']:g}, "
+                 f"$T=\\lambda$ = {cfg['temperature']:g}, joint coupling $\\delta$ = {cfg['coupling']:g}\n"
+                 f"lines: theory, mean over the {len(cfg['seeds'])} data sets; points: width-{cfg['width']} "
+                 f"Langevin networks on the same data (mean ± sem over seeds)", fontsize="medium")
+    return fig
+
+
+def _plot_fs(cfg, rows):
+    alphas = cfg["alphas"]
+    fig = _figure((10.5, 3.7 * len(alphas) + 0.5))
+    axes = fig.subplots(len(alphas), 2, sharey="row", squeeze=False)
+    shifts = {"scratch": 0.96, "finetune": 1.0, "joint": 1.04}
+    for i, alpha in enumerate(alphas):
+        for j, vary in enumerate(("gamma1", "gamma2")):
+            ax = axes[i, j]
+            panel = f"alpha={alpha:g}, {vary}"
+            for s in _SETTINGS:
+                _theory_line(ax, _select(rows, panel=panel, method="theory", setting=s), s, band=False)
+                _sim_points(ax, _select(rows, panel=panel, method="simulation", setting=s), s, xshift=shifts[s])
+            ax.set_xscale("log")
+            ax.set_xticks(cfg["gammas"], [f"{g:g}" for g in cfg["gammas"]])
+            ax.minorticks_off()
+            other = "2" if vary == "gamma1" else "1"
+            what = "pretraining" if vary == "gamma1" else "target"
+            ax.set_xlabel(f"$\\gamma_{vary[-1]}$ ({what} feature-learning strength)")
+            ax.set_title(f"$\\alpha$ = {alpha:g}, $\\gamma_{other}$ = {cfg['gamma_fixed']:g}", fontsize="medium")
+            ax.grid(alpha=0.3)
+        axes[i, 0].set_ylabel("target test error")
+    _method_legend(axes[0, 0], figure=True)  # inside, it would hide error bars
+    fig.suptitle(f"{cfg['activation']} network, teacher He$_1$ + 0.5 He$_2$, D = {cfg['dim']}, "
+                 f"$P_1$ = {cfg['n_source']}, $P_2$ = {cfg['n_target']}, $T=\\lambda$ = {cfg['temperature']:g}, "
+                 f"joint coupling $\\delta$ = {cfg['coupling']:g}\nlines: theory, mean over the "
+                 f"{len(cfg['seeds'])} data sets; points: width-{cfg['width']} Langevin networks on the same data "
+                 f"(mean ± sem over seeds)", fontsize="medium")
+    return fig
+
+
+def _plot_digits(cfg, rows):
+    from matplotlib.colors import TwoSlopeNorm
+
+    S, Tg = cfg["sources"], cfg["targets"]
+
+    def grid(method, setting, quantity, key="mean"):
+        a = np.full((len(S), len(Tg)), np.nan)
+        for r in rows:
+            if r["method"] == method and r["setting"] == setting and r["quantity"] == quantity:
+                a[S.index(r["source"]), Tg.index(r["target"])] = r[key]
+        return a
+
+    align = np.full((len(S), len(Tg)), np.nan)
+    for r in rows:
+        align[S.index(r["source"]), Tg.index(r["target"])] = r["task_alignment"]
+    fig = _figure((11.5, 7.6))
+    axes = fig.subplots(2, 2)
+    ax = axes[0, 0]
+    im = ax.imshow(align, cmap="PuOr", vmin=-1, vmax=1)
+    for (i, j), v in np.ndenumerate(align):
+        ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize="medium")
+    fig.colorbar(im, ax=ax, shrink=0.85).set_label("measured task alignment $A_{12}$")
+    ax.set_title("task alignment (cross-fitted ridge, all images)", fontsize="medium")
+    gains = {s: (grid("theory", s, "gain"), grid("simulation", s, "gain"), grid("simulation", s, "gain", "sem"))
+             for s in ("finetune", "joint")}
+    lim = float(np.nanmax([np.nanmax(np.abs(g[0])) for g in gains.values()] +
+                          [np.nanmax(np.abs(g[1])) for g in gains.values()])) or 1.0
+    norm = TwoSlopeNorm(vcenter=0.0, vmin=-lim, vmax=lim)
+    for ax, s in ((axes[1, 0], "finetune"), (axes[1, 1], "joint")):
+        th, sim, sem = gains[s]
+        im = ax.imshow(th, cmap="RdBu", norm=norm)
+        for (i, j), v in np.ndenumerate(th):
+            dark = abs(v) > 0.6 * lim
+            ax.text(j, i, f"th {v:+.3f}\nsim {sim[i, j]:+.3f}\n± {sem[i, j]:.3f}", ha="center", va="center",
+                    fontsize="small", color="white" if dark else "black")
+        fig.colorbar(im, ax=ax, shrink=0.85).set_label("transfer gain (theory colour)")
+        ax.set_title(f"gain of {_LABEL[s]}" + (f" ($\\delta$ = {cfg['coupling']:g})" if s == "joint" else
+                                                " ($\\delta=\\infty$)"), fontsize="medium")
+    for ax in (axes[0, 0], axes[1, 0], axes[1, 1]):
+        ax.set_xticks(range(len(Tg)), Tg)
+        ax.set_yticks(range(len(S)), S)
+        ax.set_xlabel("target pair")
+        ax.set_ylabel("source pair")
+    ax = axes[0, 1]
+    for s in ("finetune", "joint"):
+        th, sim, sem = gains[s]
+        ax.errorbar(th.ravel(), sim.ravel(), yerr=sem.ravel(), fmt="o", color=_COLOR[s], ms=5, capsize=2.5,
+                    label=_LABEL[s])
+    ax.axline((0, 0), slope=1, color="gray", lw=1, ls="--", label="simulation = theory")
+    ax.axhline(0, color="gray", lw=0.6)
+    ax.axvline(0, color="gray", lw=0.6)
+    ax.set_xlabel("gain, theory (exact linear, $N\\to\\infty$)")
+    ax.set_ylabel("gain, simulation (mean ± sem)")
+    ax.set_title("every cell: simulation against theory", fontsize="medium")
+    ax.legend(fontsize="small", loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.suptitle(f"digits, linear network: $P_1$ = {cfg['n_source']}, $P_2$ = {cfg['n_target']}, D = 61, "
+                 f"$\\gamma_1=\\gamma_2$ = {cfg['gamma']:g}, $T=\\lambda$ = {cfg['temperature']:g}; "
+                 f"gain = scratch error $-$ transfer error; {len(cfg['seeds'])} seeds, N = {cfg['width']}",
+                 fontsize="medium")
+    return fig
+
+
+def _plot_phase(cfg, rows):
+    from matplotlib.lines import Line2D
+
+    from .plotting import plot_phase_diagram
+    from .theory.proportional import zero_level_lines
+
+    pr = cfg["params"]
+    fig = _figure((16.5, 4.9))
+    fig.get_layout_engine().set(wspace=0.06)  # room between the middle colour bar and the cut's y label
+    axes = fig.subplots(1, 3)
+    alphas = np.linspace(0.0, 1.0, cfg["n_grid"])
+    nu2s = np.geomspace(*cfg["nu2_range"], cfg["n_grid"])
+    sym = {"nu1": r"\nu_1", "g1": "g_1", "g2": "g_2", "lam1": r"\lambda_1", "lam2": r"\lambda_2", "T1": "T_1",
+           "T2": "T_2", "sigma1": r"\sigma_1", "sigma2": r"\sigma_2"}
+    fixed = ", ".join(f"${sym[k]}$ = {pr[k]:g}" for k in sym)
+    for ax, setting in zip(axes[:2], ("finetune", "joint")):
+        gain = np.full((len(nu2s), len(alphas)), np.nan)
+        for r in rows:
+            if r["panel"] == f"diagram {setting}":
+                gain[int(np.argmin(np.abs(nu2s - r["nu2"]))), int(np.argmin(np.abs(alphas - r["x"])))] = r["mean"]
+        diag = _Diagram("alpha", "nu2", alphas, nu2s, gain, zero_level_lines(alphas, nu2s, gain), setting, {})
+        title = (f"{_LABEL[setting]}" + (f" ($\\delta$ = {pr['coupling']:g})" if setting == "joint" else "")
+                 + " vs scratch")
+        plot_phase_diagram(diag, ax=ax, title=title)
+        ax.set_title(title, fontsize="medium")
+        ax.axhline(cfg["cut_nu2"], color="dimgray", ls="--", lw=1.2)
+        ax.annotate("cut", (0.02, cfg["cut_nu2"]), xytext=(2, 3), textcoords="offset points", fontsize="small",
+                    color="dimgray")
+    ax = axes[2]
+    panel = f"cut nu2={cfg['cut_nu2']:g}"
+    for s in ("finetune", "joint"):
+        _theory_line(ax, _select(rows, panel=panel, method="theory", setting=s, quantity="gain"), s, band=False)
+        _sim_points(ax, _select(rows, panel=panel, method="simulation", setting=s, quantity="gain"), s)
+        fd = _select(rows, panel=panel, method="theory_finite_d", setting=s, quantity="gain")
+        ax.plot([r["x"] for r in fd], [r["mean"] for r in fd], ls="none", marker="x", ms=6, color=_COLOR[s])
+    ax.axhline(0.0, color="gray", lw=0.8)
+    ax.set_xlabel(r"task alignment $\alpha$")
+    ax.set_ylabel(r"transfer gain $E_{\rm scratch} - E_{\rm transfer}$")
+    ax.set_title(f"cut at $\\nu_2$ = {cfg['cut_nu2']:g}: D = {cfg['dim']}, N = {cfg['width']}, "
+                 f"{len(cfg['seeds'])} seeds", fontsize="medium")
+    ax.grid(alpha=0.3)
+    extra = [Line2D([], [], color="gray", marker="x", lw=0, label="exact finite-D theory, same data")]
+    _method_legend(ax, extra=extra, loc="best", settings=("finetune", "joint"))
+    fig.suptitle(f"proportional limit ($P_k = \\nu_k D$, $\\gamma_k = g_k/\\sqrt{{P_k}}$, $D\\to\\infty$), linear "
+                 f"network and teacher: {fixed}", fontsize="medium")
+    return fig
+
+
+@dataclass
+class _Diagram:
+    """The attributes :func:`symtransfer.plotting.plot_phase_diagram` reads, rebuilt from the CSV rows."""
+
+    x_name: str
+    y_name: str
+    x: np.ndarray
+    y: np.ndarray
+    gain: np.ndarray
+    boundary: list
+    setting: str
+    params: dict
+
+
+# =========================================================================== registry
+@dataclass(frozen=True)
+class Experiment:
+    """One figure: its name, what it shows, how to list its rows and how to evaluate and draw them.
+
+    Attributes
+    ----------
+    name : str
+    description : str
+    specs : callable
+        ``specs(config) -> list`` of row specifications (labels, parameters, the points behind them).
+    evaluate : callable
+        ``evaluate(point: dict) -> dict`` of numbers; pure (same point, same numbers).
+    plot : callable
+        ``plot(config, rows) -> matplotlib.figure.Figure`` from the tidy rows.
+    columns : tuple of str
+        Parameter columns of the CSV.
+    """
+
+    name: str
+    description: str
+    specs: object
+    evaluate: object
+    plot: object
+    columns: tuple
+
+
+EXPERIMENTS: dict[str, Experiment] = {
+    "polynomial-data": Experiment(
+        "polynomial-data", "target error vs target data size P2, three settings, several alignments (tanh, He1 + 0.5 He2)",
+        _poly_specs, _evaluate_gaussian, _plot_poly, _GAUSSIAN_COLUMNS),
+    "feature-strength": Experiment(
+        "feature-strength", "target error vs pretraining (gamma1) and target (gamma2) feature-learning strength",
+        _fs_specs, _evaluate_gaussian, _plot_fs, _GAUSSIAN_COLUMNS),
+    "digits-matrix": Experiment(
+        "digits-matrix", "digits source pair x target pair: gains of fine-tuning and jointly rich, with alignment",
+        _digits_specs, _evaluate_digits, _plot_digits, _DIGITS_COLUMNS),
+    "phase-diagram": Experiment(
+        "phase-diagram", "proportional-limit phase diagrams and a line cut against linear simulations",
+        _phase_specs, _evaluate_phase, _plot_phase, _PHASE_COLUMNS),
+}
+
+
+def _experiment(name) -> Experiment:
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; choose one of: {', '.join(EXPERIMENTS)}")
+    return EXPERIMENTS[name]
+
+
+def experiment_points(name: str, fast: bool = False) -> list[dict]:
+    """The distinct points (plain dicts with ``"method"`` and ``"seed"``) of an experiment, in run order.
+
+    Seeds run outermost, so an interrupted run has whole seeds finished first.
+    """
+    cfg = experiment_config(name, fast)
+    return _points(_experiment(name).specs(cfg), cfg)
+
+
+def _points(specs, cfg):
+    from .sweep import _plain, point_key
+
+    seen, points = set(), []
+    for spec in specs:
+        for p in spec.points:
+            q = _plain(p, "point")
+            k = point_key(q)
+            if k not in seen:
+                seen.add(k)
+                points.append(q)
+    order = {s: i for i, s in enumerate(cfg["seeds"])}
+    points.sort(key=lambda p: order[p["seed"]])  # stable: within a seed, the specs' order
+    return points
+
+
+# =========================================================================== running
+@dataclass
+class ExperimentRun:
+    """What :func:`run_experiment` did and wrote.
+
+    Attributes
+    ----------
+    name : str
+    png, pdf, csv, db : pathlib.Path
+    n_points : int
+        Distinct points (theory solves and simulations) behind the figure.
+    n_already_done : int
+        Found in the database at start (not recomputed).
+    n_computed : int
+        Evaluated and stored by this call.
+    failures : list of (point, error message)
+        Points whose evaluation raised; they are left out of the averages (``n_seeds`` shows it)
+        and retried by the next run.
+    seconds : float
+        Wall time of the call.
+    rows : list of dict
+        The tidy table written to ``csv``.
+    """
+
+    name: str
+    png: Path
+    pdf: Path
+    csv: Path
+    db: Path
+    n_points: int
+    n_already_done: int
+    n_computed: int
+    failures: list
+    seconds: float
+    rows: list
+
+    def __str__(self):
+        s = (f"experiment {self.name}: {self.n_points} points ({self.n_already_done} already in {self.db}, "
+             f"{self.n_computed} computed) in {self.seconds:.1f} s; wrote {self.png}, {self.pdf}, {self.csv}")
+        if self.failures:
+            s += f"\n{len(self.failures)} point(s) FAILED (left out, retried next run); first: {self.failures[0][1]}"
+        return s
+
+
+def _lookup_from(con, keys):
+    from .sweep import _plain, point_key
+
+    stored = {k: json.loads(res) for k, res in con.execute("SELECT key, results FROM points") if k in keys}
+
+    def lookup(p):
+        return stored.get(point_key(_plain(p, "point")))
+
+    return lookup
+
+
+def _evaluate_or_error(name, p):
+    """``{"ok", "results" | "error", "traceback", "seconds"}`` as :mod:`symtransfer.sweep` stores it.
+
+    A solver failing at one point (``ConvergenceError``, ``DivergenceError``, a singular system)
+    costs that point only: it is recorded in the ``failures`` table and retried by the next run.
+    Anything else (a bug, ``KeyboardInterrupt``) propagates.
+    """
+    import traceback
+
+    from .errors import SymtransferError
+
+    t0 = time.perf_counter()
+    try:
+        res = EXPERIMENTS[name].evaluate(p)  # looked up per call, so a test can count the calls
+    except (SymtransferError, ArithmeticError, np.linalg.LinAlgError) as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(),
+                "seconds": time.perf_counter() - t0}
+    return {"ok": True, "results": res, "seconds": time.perf_counter() - t0}
+
+
+def run_experiment(name: str, out=None, *, fast: bool = False, db=None, progress: bool = True,
+                   threads: int = 1) -> ExperimentRun:
+    """Compute (or resume) experiment ``name`` and write ``NAME.png``, ``NAME.pdf`` and ``NAME.csv``.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`EXPERIMENTS`: ``"polynomial-data"``, ``"feature-strength"``,
+        ``"digits-matrix"``, ``"phase-diagram"``.
+    out : path, optional
+        Output directory (created); default ``docs/figures``, or ``symtransfer-figures-fast`` with
+        ``fast=True`` so that a quick run never overwrites the committed figures.
+    fast : bool
+        Tiny sizes (seconds); the numbers are for tests, not for reading.
+    db : path, optional
+        SQLite results database (schema of :mod:`symtransfer.sweep`); default ``<out>/NAME.sqlite``.
+        Every finished point is committed at once, so a rerun after an interruption (Ctrl-C, a kill)
+        computes only the missing points.
+    progress : bool
+        tqdm progress bar over points.
+    threads : int, >= 1
+        Numba/BLAS threads while computing (default 1: fastest on a busy machine).
+
+    Returns
+    -------
+    ExperimentRun
+    """
+    from tqdm.auto import tqdm
+
+    from ._validation import check_int
+    from .sweep import _connect, _done_keys, _store, point_key
+
+    exp = _experiment(name)
+    threads = check_int("threads", threads, low=1)
+    t0 = time.perf_counter()
+    out = Path(out if out is not None else (DEFAULT_FAST_OUT if fast else DEFAULT_OUT))
+    out.mkdir(parents=True, exist_ok=True)
+    db = Path(db) if db is not None else out / f"{name}.sqlite"
+    cfg = experiment_config(name, fast)
+    specs = exp.specs(cfg)
+    points = _points(specs, cfg)
+    keys = [point_key(p) for p in points]
+    failures = []
+    con = _connect(db)
+    try:
+        done = _done_keys(con)
+        todo = [(k, p) for k, p in zip(keys, points) if k not in done]
+        n_done = len(points) - len(todo)
+        bar = tqdm(total=len(points), initial=n_done, desc=name, unit="point", disable=not progress,
+                   dynamic_ncols=True)
+        try:
+            with _threads(threads):
+                for k, p in todo:
+                    outcome = _evaluate_or_error(name, p)
+                    _store(con, k, p, outcome)  # committed at once: an interruption loses no finished point
+                    if not outcome["ok"]:
+                        failures.append((p, outcome["error"]))
+                        bar.set_postfix(failed=len(failures))
+                    bar.update(1)
+        finally:
+            bar.close()
+        lookup = _lookup_from(con, set(keys))
+    finally:
+        con.close()
+    rows = _rows(name, specs, lookup, exp.columns)
+    columns = list(CORE_COLUMNS) + list(exp.columns) + list(_TAIL_COLUMNS)
+    csv_path, png, pdf = out / f"{name}.csv", out / f"{name}.png", out / f"{name}.pdf"
+    _write_csv(csv_path, rows, columns)
+    fig = exp.plot(cfg, rows)
+    fig.savefig(png, dpi=150)
+    fig.savefig(pdf, metadata={"CreationDate": None})  # no timestamp: a rerun gives the same file
+    return ExperimentRun(name, png, pdf, csv_path, db, len(points), n_done, len(todo) - len(failures), failures,
+                         time.perf_counter() - t0, rows)
+
+
+def _cell(v):
+    if isinstance(v, float):
+        if math.isnan(v):
+            return ""
+        return repr(v)  # round-trips exactly ("inf" for fine-tuning's coupling)
+    return v
+
+
+def _write_csv(path, rows, columns):
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="raise")
+    w.writeheader()
+    for r in rows:
+        w.writerow({c: _cell(r.get(c, "")) for c in columns})
+    Path(path).write_text(buf.getvalue())
+
+
+def read_table(path) -> list[dict]:
+    """An experiment CSV as a list of dicts, numbers as floats (empty cells as NaN), text as text."""
+    out = []
+    with open(path, newline="") as fh:
+        for r in csv.DictReader(fh):
+            row = {}
+            for k, v in r.items():
+                if v == "":
+                    row[k] = math.nan
+                    continue
+                try:
+                    row[k] = float(v)
+                except ValueError:
+                    row[k] = v
+            out.append(row)
+    return out
+
+
+def disagreement(rows) -> dict:
+    """Where simulation and theory differ most, per quantity.
+
+    For every simulation row with a theory row at the same panel, setting, quantity and x:
+    ``z = |sim - theory| / sem_sim`` (the simulation's standard error over seeds, which contains
+    the data-set variability), ``z_paired = |paired_diff| / paired_diff_sem`` (differences taken seed
+    by seed on the same data, where that variability cancels) and, for test errors,
+    ``rel = |sim - theory| / theory``.
+
+    Returns
+    -------
+    dict
+        ``{quantity: {"z": row, "z_paired": row, "rel": row}}``, each the worst row (a dict with
+        ``panel, setting, x, theory, sim, sem, diff, z, paired_diff, paired_diff_sem, z_paired, rel``).
+    """
+    def num(v):
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return math.nan
+
+    theory = {_row_id(r): r for r in rows if r["method"] == "theory"}
+    worst = {}
+    for r in rows:
+        if r["method"] != "simulation" or _row_id(r) not in theory:
+            continue
+        th = theory[_row_id(r)]
+        diff = num(r["mean"]) - num(th["mean"])
+        sem, pd, pds = num(r["sem"]), num(r["paired_diff"]), num(r["paired_diff_sem"])
+        item = {"panel": r["panel"], "setting": r["setting"], "x": r["x"], "theory": num(th["mean"]),
+                "sim": num(r["mean"]), "sem": sem, "diff": diff,
+                "z": abs(diff) / sem if sem > 0 else math.nan,  # undefined without a spread (one seed)
+                "paired_diff": pd, "paired_diff_sem": pds,
+                "z_paired": abs(pd) / pds if pds > 0 else math.nan,
+                "rel": abs(diff) / abs(num(th["mean"])) if r["quantity"] == "test_error" else math.nan}
+        w = worst.setdefault(r["quantity"], {})
+        for key in ("z", "z_paired", "rel"):
+            if not math.isnan(item[key]) and (key not in w or item[key] > w[key][key]):
+                w[key] = item
+    return worst
+
+
+def _format_disagreement(worst) -> str:
+    lines = []
+    for q, w in worst.items():
+        for key, what in (("z", "|sim - theory| / sem_sim"), ("z_paired", "paired |sim - theory| / sem"),
+                          ("rel", "|sim - theory| / theory")):
+            if key not in w:
+                continue
+            it = w[key]
+            lines.append(f"  {q:<10} largest {what:<28} = {it[key]:.3g}  at {it['panel']}, {it['setting']}, "
+                         f"x={it['x']}: theory {it['theory']:.4g}, sim {it['sim']:.4g} ± {it['sem']:.2g} "
+                         f"(paired diff {it['paired_diff']:+.3g} ± {it['paired_diff_sem']:.2g})")
+    return "\n".join(lines)
+
+
+def experiment_cli(name, out=None, fast=False, db=None, threads=1) -> ExperimentRun:
+    """``symtransfer experiment NAME [--out DIR] [--fast] [--db FILE]``: run, write, print a summary.
+
+    The summary ends with where simulation and theory disagree most (:func:`disagreement`).
+    """
+    run = run_experiment(name, out, fast=fast, db=db, threads=threads)
+    print(run)
+    print("theory vs simulation:")
+    print(_format_disagreement(disagreement(run.rows)))
+    return run

@@ -1,0 +1,291 @@
+"""The figures of ``symtransfer experiment NAME`` (symtransfer.figures), in fast mode.
+
+Most of the time here is Numba compiling the simulator and the sampler for tanh and for the linear
+activation (about 40 s in a fresh process); each experiment runs once per module (fixtures) and
+the computations themselves take a few seconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import sqlite3
+
+import numpy as np
+import pytest
+
+import symtransfer.figures as F
+from symtransfer.cli import main
+
+_RUNS = {}
+
+
+@pytest.fixture(scope="module")
+def outdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("figures")
+
+
+def _run(name, outdir):
+    if name not in _RUNS:
+        _RUNS[name] = F.run_experiment(name, outdir, fast=True, progress=False)
+    return _RUNS[name]
+
+
+def _by(rows, **kw):
+    out = [r for r in rows if all(r[k] == v for k, v in kw.items())]
+    assert out, kw
+    return out
+
+
+def _one(rows, **kw):
+    out = _by(rows, **kw)
+    assert len(out) == 1, (kw, out)
+    return out[0]
+
+
+def _tiny_plot(cfg, rows):
+    """Stands in for the real drawing where a test is about the computation (rendering the phase
+    diagram costs ~2 s per call)."""
+    fig = F._figure((1, 1))
+    fig.add_subplot().plot([r["mean"] for r in rows])
+    return fig
+
+
+def _expected_rows(name, cfg):
+    if name == "polynomial-data":
+        return len(cfg["alphas"]) * 2 * 3 * len(cfg["n_target"])
+    if name == "feature-strength":
+        return len(cfg["alphas"]) * 2 * 2 * 3 * len(cfg["gammas"])
+    if name == "digits-matrix":
+        return len(cfg["sources"]) * len(cfg["targets"]) * 2 * (3 + 2)
+    # phase-diagram: two gain grids; closed-form cut (3 errors + 2 gains per line point); simulation
+    # and finite-D theory at the cut alphas (3 errors + 2 gains each)
+    line = set(np.linspace(0.0, 1.0, cfg["n_line"])) | set(cfg["cut_alphas"])
+    return 2 * cfg["n_grid"] ** 2 + 5 * len(line) + 2 * 5 * len(cfg["cut_alphas"])
+
+
+@pytest.mark.parametrize("name", list(F.EXPERIMENTS))
+def test_fast_run_writes_png_pdf_and_tidy_csv(name, outdir):
+    run = _run(name, outdir)
+    cfg = F.experiment_config(name, fast=True)
+    assert run.png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert run.pdf.read_bytes()[:5] == b"%PDF-"
+    with open(run.csv, newline="") as fh:
+        header = next(csv.reader(fh))
+    assert header == [*F.CORE_COLUMNS, *F.EXPERIMENTS[name].columns, "paired_diff", "paired_diff_sem"]
+    rows = F.read_table(run.csv)
+    assert len(rows) == len(run.rows) == _expected_rows(name, cfg)
+    assert run.n_points == len(F.experiment_points(name, fast=True)) and run.n_computed == run.n_points
+    assert not run.failures
+    assert {r["method"] for r in rows} <= {"theory", "simulation", "theory_finite_d"}
+    n = len(cfg["seeds"])
+    for r, orig in zip(rows, run.rows):
+        assert math.isfinite(r["mean"]) and r["mean"] == orig["mean"]  # repr round-trips exactly
+        if r["method"] == "simulation":
+            assert r["n_seeds"] == n and r["sem"] > 0
+            # the paired difference is the difference of means over the same seeds
+            th = _one(rows, method="theory", panel=r["panel"], setting=r["setting"], quantity=r["quantity"], x=r["x"])
+            assert r["paired_diff"] == pytest.approx(r["mean"] - th["mean"], abs=1e-12)
+
+
+def test_gaussian_sources_do_not_depend_on_alpha_or_target_size():
+    """The figures fit one source per seed for every alpha and P2 (cached); this is why that is exact."""
+    from symtransfer.tasks import make_transfer_pair
+
+    kw = dict(teacher={1: 1.0, 2: 0.5}, noise_source=0.1, noise_target=0.1, seed=3)
+    a = make_transfer_pair(8, 12, 5, 20, 0.0, **kw)
+    b = make_transfer_pair(8, 12, 9, 20, 0.7, **kw)
+    c = make_transfer_pair(8, 30, 9, 20, 0.7, **kw)
+    assert np.array_equal(a.source.X_train, b.source.X_train) and np.array_equal(a.source.y_train, b.source.y_train)
+    assert np.array_equal(b.target.X_train, c.target.X_train) and np.array_equal(b.target.y_train, c.target.y_train)
+    assert np.array_equal(b.target.y_test_clean, c.target.y_test_clean)
+
+
+def test_polynomial_theory_is_the_adaptive_kernel_on_the_same_data(outdir):
+    """One theory row recomputed from scratch: the mean over seeds of AdaptiveKernel.transfer on the
+    first P2 rows of the target pool (same seeds, same MC seeds)."""
+    from symtransfer.tasks import make_transfer_pair
+    from symtransfer.theory.adaptive import AdaptiveKernel
+
+    run = _run("polynomial-data", outdir)
+    cfg = F.experiment_config("polynomial-data", fast=True)
+    P2, pool = cfg["n_target"][0], max(cfg["n_target"])
+    errs = []
+    for seed in cfg["seeds"]:
+        pair = make_transfer_pair(cfg["dim"], cfg["n_source"], pool, cfg["n_test"], 1.0, teacher={1: 1.0, 2: 0.5},
+                                  noise_source=0.1, noise_target=0.1, seed=seed)
+        src = AdaptiveKernel("tanh", gamma=1.0, n_samples=cfg["n_samples"], seed=seed).fit(pair.source.X_train,
+                                                                                          pair.source.y_train)
+        t = pair.target
+        m = src.transfer(t.X_train[:P2], t.y_train[:P2], gamma=1.0, weight_decay=1.0, temperature=1.0, coupling=1.0)
+        errs.append(np.mean((m.predict(t.X_test) - t.y_test_clean) ** 2))
+    row = _one(run.rows, method="theory", panel="alpha=1", setting="joint", x=P2)
+    assert row["mean"] == pytest.approx(np.mean(errs), rel=1e-12)
+    assert row["sem"] == pytest.approx(np.std(errs, ddof=1) / math.sqrt(len(errs)), rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ["polynomial-data", "feature-strength"])
+def test_nonlinear_theory_and_simulation_agree_at_fast_size(name, outdir):
+    """tanh, T = lambda = 1: width-64 time-averaged Langevin networks against the N -> infinity
+    adaptive-kernel theory on the same data sets. Measured at the fast size: paired relative gaps
+    <= 4.5% (finite width and a short time average bias the simulation slightly upwards); bound 8%."""
+    rows = _run(name, outdir).rows
+    for r in _by(rows, method="simulation"):
+        th = _one(rows, method="theory", panel=r["panel"], setting=r["setting"], x=r["x"])
+        assert abs(r["paired_diff"]) < 0.08 * th["mean"], (r, th)
+        # the data-set spread common to both is far larger than their gap
+        assert abs(r["paired_diff"]) < r["sem"]
+
+
+def test_feature_strength_invariances(outdir):
+    """Scratch never sees the source: the same (deduplicated) points all along the gamma1 axis.
+    Fine-tuning trains the readout on frozen source features, which gamma2 cannot change in the
+    theory (kernel ridge regression with the source kernel, docs/theory.md section 3)."""
+    rows = _run("feature-strength", outdir).rows
+    for method in ("theory", "simulation"):
+        vals = [r["mean"] for r in _by(rows, method=method, panel="alpha=1, gamma1", setting="scratch")]
+        assert len(vals) == 2 and vals[0] == vals[1]
+    ft = [r["mean"] for r in _by(rows, method="theory", panel="alpha=1, gamma2", setting="finetune")]
+    assert ft[0] == pytest.approx(ft[1], rel=1e-12)
+    # ... and the gamma2 = 1 end of the gamma1 panel is the same computation as the gamma1 = 1 end
+    # of the gamma2 panel (both are gamma1 = gamma2 = 1 for the points that exist there)
+    assert F.experiment_config("feature-strength", fast=True)["gamma_fixed"] == 1.0
+
+
+def test_digits_gains_are_paired_error_differences_and_theory_is_compare_transfer(outdir):
+    from symtransfer.datasets import digits_alignment, digits_transfer
+    from symtransfer.experiments import compare_transfer
+
+    run = _run("digits-matrix", outdir)
+    rows = run.rows
+    cfg = F.experiment_config("digits-matrix", fast=True)
+    for r in _by(rows, quantity="gain"):
+        cell = dict(method=r["method"], panel=r["panel"], x=r["x"], quantity="test_error")
+        scratch = _one(rows, setting="scratch", **cell)["mean"]
+        assert r["mean"] == pytest.approx(scratch - _one(rows, setting=r["setting"], **cell)["mean"], abs=1e-12)
+        assert r["task_alignment"] == pytest.approx(digits_alignment(r["source"], r["target"]))
+    src, tgt = cfg["sources"][0], cfg["targets"][0]
+    hp = {"gamma": cfg["gamma"], "weight_decay": 1.0, "temperature": 1.0}
+    errs = []
+    for seed in cfg["seeds"]:
+        d = digits_transfer(src, tgt, n_source=cfg["n_source"], n_target=cfg["n_target"], seed=seed)
+        t = compare_transfer(*d.as_tuples(), method="equilibrium", settings={
+            "activation": "linear", "couplings": [cfg["coupling"]], "source": hp, "target": hp})
+        errs.append(t.row("joint")["test_error"])
+    row = _one(rows, method="theory", setting="joint", quantity="test_error", panel=f"source {src}", x=tgt)
+    assert row["mean"] == pytest.approx(np.mean(errs), rel=1e-12)
+    # exact linear theory against width-128 networks: measured paired gaps <= 0.047 in the errors
+    # (short fast runs); bound: 3 paired sem + 0.06
+    for r in _by(rows, method="simulation", quantity="test_error"):
+        assert abs(r["paired_diff"]) < 3 * r["paired_diff_sem"] + 0.06, r
+
+
+def test_phase_diagram_numbers(outdir):
+    from symtransfer.theory.proportional import target_error, transfer_gain
+
+    run = _run("phase-diagram", outdir)
+    rows = run.rows
+    cfg = F.experiment_config("phase-diagram", fast=True)
+    p = dict(cfg["params"])
+    c = p.pop("coupling")
+    # the diagram rows are the closed-form gain
+    for r in _by(rows, panel="diagram joint")[::17]:
+        assert r["mean"] == pytest.approx(float(transfer_gain("joint", nu2=r["nu2"], alpha=r["x"], coupling=c, **p)),
+                                          rel=1e-9, abs=1e-12)
+    # fine-tuning at nu2 = 1 changes sign along alpha: negative transfer for unrelated tasks
+    cut = _by(rows, panel="cut nu2=1", method="theory", setting="finetune", quantity="gain")
+    assert cut[0]["mean"] < 0 < cut[-1]["mean"]
+    for r in _by(rows, panel="cut nu2=1", method="theory", quantity="test_error"):
+        expect = target_error(r["setting"], nu2=1.0, alpha=r["x"], coupling=c if r["setting"] == "joint" else None, **p)
+        assert r["mean"] == pytest.approx(float(expect), rel=1e-12)
+    # simulation against the exact finite-D theory on the same data (D = 16): finite width and time
+    # only; measured relative gaps <= 6%, bound 15%. (Against the D -> infinity closed form the gap is
+    # dominated by the O(1/sqrt(D)) draw-to-draw spread at D = 16.)
+    for r in _by(rows, method="simulation", quantity="test_error"):
+        fd = _one(rows, method="theory_finite_d", setting=r["setting"], quantity="test_error", x=r["x"])
+        assert r["mean"] == pytest.approx(fd["mean"], rel=0.15), (r, fd)
+    for r in _by(rows, method="simulation", quantity="gain"):
+        err = {s: _one(rows, method="simulation", setting=s, quantity="test_error", x=r["x"])["mean"]
+               for s in ("scratch", r["setting"])}
+        assert r["mean"] == pytest.approx(err["scratch"] - err[r["setting"]], abs=1e-12)
+
+
+def test_interrupted_run_resumes_without_recomputing(outdir, tmp_path, monkeypatch, capsys):
+    """Ctrl-C after 5 points keeps those 5 in the database; the rerun evaluates only the rest, a
+    third run nothing, and the result is byte-identical to an uninterrupted run."""
+    name = "phase-diagram"
+    reference = _run(name, outdir)
+    calls = []
+    original = F.EXPERIMENTS[name]
+
+    def counting(stop_after=None):
+        def evaluate(p):
+            if stop_after is not None and len(calls) == stop_after:
+                raise KeyboardInterrupt
+            calls.append(p)
+            return original.evaluate(p)
+        return dataclasses.replace(original, evaluate=evaluate, plot=_tiny_plot)
+
+    db = tmp_path / "points.sqlite"
+    monkeypatch.setitem(F.EXPERIMENTS, name, counting(stop_after=5))
+    with pytest.raises(KeyboardInterrupt):
+        F.run_experiment(name, tmp_path, fast=True, db=db, progress=False)
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT COUNT(*) FROM points").fetchone()[0] == 5
+    total = reference.n_points
+    calls.clear()
+    monkeypatch.setitem(F.EXPERIMENTS, name, counting())
+    assert main(["experiment", name, "--fast", "--out", str(tmp_path), "--db", str(db)]) == 0
+    assert len(calls) == total - 5
+    assert f"{total} points (5 already in" in capsys.readouterr().out
+    calls.clear()
+    run = F.run_experiment(name, tmp_path, fast=True, db=db, progress=False)
+    assert calls == [] and run.n_already_done == total and run.n_computed == 0
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT COUNT(*) FROM points").fetchone()[0] == total
+    assert run.csv.read_bytes() == reference.csv.read_bytes()
+
+
+def test_failed_point_is_recorded_and_left_out(outdir, tmp_path, monkeypatch):
+    """A solver error at one point costs that point: stored in the failures table, n_seeds drops."""
+    from symtransfer.errors import ConvergenceError
+    from symtransfer.sweep import load_failures
+
+    name = "phase-diagram"
+    _run(name, outdir)
+    original = F.EXPERIMENTS[name]
+
+    def evaluate(p):
+        if p["setting"] == "joint" and p["alpha"] == 1.0 and p["seed"] == 1:
+            raise ConvergenceError("no convergence (test)")
+        return original.evaluate(p)
+
+    monkeypatch.setitem(F.EXPERIMENTS, name, dataclasses.replace(original, evaluate=evaluate, plot=_tiny_plot))
+    run = F.run_experiment(name, tmp_path, fast=True, progress=False)
+    assert len(run.failures) == 1 and "ConvergenceError" in run.failures[0][1]
+    assert len(load_failures(run.db)) == 1
+    row = _one(run.rows, method="simulation", setting="joint", quantity="test_error", x=1.0)
+    assert row["n_seeds"] == 1 and math.isnan(row["sem"])
+
+
+def test_unknown_name_lists_the_experiments(tmp_path, capsys):
+    with pytest.raises(ValueError, match="polynomial-data, feature-strength, digits-matrix, phase-diagram"):
+        F.run_experiment("polynomial", tmp_path)
+    assert main(["experiment", "phase_diagram", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown experiment 'phase_diagram'" in err and "digits-matrix" in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_disagreement_picks_the_worst_rows():
+    def row(method, x, mean, sem, pd="", pds=""):
+        return {"panel": "p", "method": method, "setting": "joint", "quantity": "test_error", "x_name": "x", "x": x,
+                "mean": mean, "sem": sem, "paired_diff": pd, "paired_diff_sem": pds}
+
+    rows = [row("theory", 1, 1.0, 0.1), row("simulation", 1, 1.2, 0.1, 0.2, 0.01),
+            row("theory", 2, 0.5, 0.1), row("simulation", 2, 0.4, 0.02, -0.1, 0.05)]
+    w = F.disagreement(rows)["test_error"]
+    assert w["z"]["x"] == 2 and w["z"]["z"] == pytest.approx(5.0)
+    assert w["z_paired"]["x"] == 1 and w["z_paired"]["z_paired"] == pytest.approx(20.0)
+    assert w["rel"]["x"] == 1 and w["rel"]["rel"] == pytest.approx(0.2)

@@ -13,9 +13,10 @@ Prints
 1. the theory solve time to relative residual ``--tol`` (Numba compilation excluded: a warm-up solve
    runs first) and the Monte Carlo error of its held-out predictions;
 2. per width and run length (shortest first, time-averaged predictor over the last 80 %), the
-   simulation time and its RMS gap to the theory; the simulation that "reaches the same accuracy" is
-   the cheapest run whose gap is within 2 theory Monte Carlo standard errors, and the ratio
-   simulation time / theory time;
+   simulation time and its RMS gap to the theory. The gap combines both errors,
+   ``gap^2 ~ sd_theory^2 + err_sim^2``, so the simulation "reaches the same accuracy" when
+   ``gap <= sqrt(2) sd_theory``; the ratio simulation time / theory time is printed for the cheapest
+   such run, and also for the looser criterion ``gap <= 2 sd_theory``;
 3. one elliptical-slice draw (the sampler at the solved ``v``) by the Numba kernel against a plain
    NumPy implementation vectorised over chains, and their ratio.
 
@@ -138,10 +139,11 @@ def main(argv=None):
           f"({theory.n_iter_} Newton iterations, {theory.n_draws_} draws, residual {theory.residual_:.1e}, "
           f"MC error of {len(Xt)} held-out predictions {rms_sd:.3g})", flush=True)
 
-    # the cheapest simulation (width x steps) whose gap to the theory is within 2 theory MC errors
+    # gap^2 ~ (theory MC error)^2 + (simulation error)^2: the simulation is at least as accurate as
+    # the theory when gap <= sqrt(2) MC errors; the looser 2 MC errors is reported alongside
     WideNetwork(args.widths[0], args.act, gamma=args.gamma, weight_decay=1.0, temperature=1.0, steps=10,
                 seed=1, progress=False).fit(X, y)  # compile
-    chosen = None
+    chosen = chosen_loose = None
     for N in args.widths:
         for steps in sorted(args.steps):
             t0 = time.perf_counter()
@@ -149,17 +151,21 @@ def main(argv=None):
                               average_from=0.2, seed=1, progress=False).fit(X, y)
             gap = float(np.sqrt(np.mean((net.predict(Xt) - f) ** 2)))
             t_sim = time.perf_counter() - t0
-            ok = gap <= 2 * rms_sd
+            loose, ok = gap <= 2 * rms_sd, gap <= math.sqrt(2) * rms_sd
+            mark = "  <- as accurate as the theory" if ok else ("  <- within 2 MC errors" if loose else "")
             print(f"simulation N={N}, {steps} steps ({steps * net.lr_:.0f} time units): {t_sim:.2f} s, "
-                  f"RMS gap to theory {gap:.3g}{'  <- reaches 2 MC errors' if ok else ''}", flush=True)
+                  f"RMS gap to theory {gap:.3g}{mark}", flush=True)
+            if loose and (chosen_loose is None or t_sim < chosen_loose[2]):
+                chosen_loose = (N, steps, t_sim)
             if ok:
                 if chosen is None or t_sim < chosen[2]:
                     chosen = (N, steps, t_sim)
                 break
-    if chosen is None:
-        print("no simulation reached the theory's accuracy: ratio not defined (add widths/steps)")
-    else:
-        print(f"ratio simulation(N={chosen[0]}, {chosen[1]} steps) / theory = {chosen[2] / t_theory:.1f}x")
+    for what, ch in (("within 2 MC errors", chosen_loose), ("as accurate as the theory", chosen)):
+        if ch is None:
+            print(f"no simulation {what}: ratio not defined (add widths/steps)")
+        else:
+            print(f"ratio simulation(N={ch[0]}, {ch[1]} steps) / theory, {what}: {ch[2] / t_theory:.1f}x")
     bench_sampler(args.act, X, args.gamma, theory.v_, args.n_samples)
 
 

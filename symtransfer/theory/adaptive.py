@@ -30,7 +30,7 @@ import math
 import os
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from .._validation import check_inputs, check_int, check_real, check_Xy
 from ..activations import apply_elementwise, get_activation
@@ -55,18 +55,31 @@ _TAU_EDGE = 0.995    # 2 c s^2 kappa(v) this close to 1 counts as pressing again
 _DEBUG = bool(os.environ.get("SYMTRANSFER_DEBUG"))  # per-iteration solver trace on stdout
 
 
-def _one_blas_thread(method):
-    """Run ``method`` with single-threaded BLAS.
+# BLAS threads outside the solver; large Gram matrices get them back (see _one_blas_thread)
+_blas_threads = 1
+_BIG_GRAM = 2**27   # n P^2 above which a Gram matrix is worth the BLAS thread pool
 
-    The solver alternates parallel Numba kernels with many small BLAS calls (P x P solves, Gram
-    matrices, the normalisability ascent); on few cores the BLAS threads and Numba's OpenMP workers
-    then spin against each other. Measured (relu, digits P = 200, 8192 samples, 2 busy cores): fit +
-    predict 15.1 s with threaded BLAS, 3.8 s with one thread (a 200 x 200 solve 76 ms -> < 1 ms).
+
+def _one_blas_thread(method):
+    """Run ``method`` with single-threaded BLAS, except for large Gram matrices (:func:`_gram`).
+
+    The solver alternates parallel Numba kernels with many small BLAS calls (P x P solves, the
+    normalisability ascent). When other work holds a core, every multi-threaded small call waits for
+    all its threads to be scheduled (a 200 x 200 solve took 76 ms instead of < 1 ms); the large Gram
+    matrices still gain from threads. Measured, relu, digits P = 200, fit + predict, 8192 / 32768
+    samples: idle machine 2.3 / 7.1 s (all threaded 2.0 / 6.7, all single 2.7 / 9.8); one core busy
+    with another process 3.6 / 10.7 s (all threaded 4.3 / 13.6).
     """
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
+        global _blas_threads
+        info = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
         with threadpool_limits(limits=1, user_api="blas"):
-            return method(*args, **kwargs)
+            outer, _blas_threads = _blas_threads, max(info, default=1)
+            try:
+                return method(*args, **kwargs)
+            finally:
+                _blas_threads = outer
     return wrapper
 
 
@@ -288,6 +301,9 @@ class _SampleSet:
 
 def _gram(psi, w):
     """``sum_i w_i psi_i psi_i^T`` (weights may be negative: control-variate batch estimates)."""
+    if _blas_threads > 1 and psi.shape[0] * psi.shape[1] ** 2 >= _BIG_GRAM:
+        with threadpool_limits(limits=_blas_threads, user_api="blas"):
+            return (psi * w[:, None]).T @ psi
     return (psi * w[:, None]).T @ psi
 
 

@@ -845,6 +845,10 @@ class AdaptiveKernel(_AdaptiveBase):
         ------
         NoSaddlePointError
             ``gamma > 0`` with an activation growing faster than linearly.
+        EdgeOfNormalisabilityError
+            A ``ConvergenceError``: the iterates pressed against the edge of the normalisable region
+            (linearly growing activations such as ReLU at strong feature learning; residual and
+            ``tau`` histories attached, docs/adaptive.md section 2).
         ConvergenceError
             The Newton iteration did not reach ``tol`` (the residual history is attached).
         """

@@ -44,12 +44,13 @@ import io
 import json
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from .sweep import _threads
 
 __all__ = [
     "EXPERIMENTS",
@@ -132,29 +133,6 @@ def experiment_config(name: str, fast: bool = False) -> dict:
 
 
 # =========================================================================== evaluation helpers
-@contextmanager
-def _threads(n):
-    """Numba and BLAS threads limited to ``n`` while the points run.
-
-    On a shared, busy machine the simulator's two-thread barriers cost far more than they save
-    (measured: 13x slower than one thread for a width-512 tanh network), so the default is one.
-    """
-    import numba
-
-    before = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
-    try:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-            yield
-        else:
-            with threadpool_limits(limits=int(n)):
-                yield
-    finally:
-        numba.set_num_threads(before)
-
-
 def _teacher(spec) -> dict:
     return {int(k): float(v) for k, v in spec.items()}
 
@@ -617,14 +595,14 @@ def _const(value):
 
 
 def _mean_sem(values, deterministic=False):
-    """Mean and standard error over seeds; the error of a single seed is unknown (NaN) unless the
-    value is deterministic (a closed form), where it is 0."""
+    """Mean and standard error over seeds (:func:`symtransfer.experiments._sem`: NaN for a single
+    seed unless the value is deterministic, a closed form, where it is 0)."""
+    from .experiments import _sem
+
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
         return math.nan, math.nan
-    if v.size == 1:
-        return float(v[0]), 0.0 if deterministic else math.nan
-    return float(v.mean()), float(np.std(v, ddof=1) / math.sqrt(v.size))
+    return float(v.mean()), _sem(v, stochastic=not deterministic)
 
 
 def _rows(name, specs, lookup, param_columns):
@@ -661,15 +639,6 @@ def _row_id(r):
 
 
 # =========================================================================== plotting
-def _figure(figsize):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def _select(rows, **kw):
     out = [r for r in rows if all(r[k] == v for k, v in kw.items())]
     return sorted(out, key=lambda r: r["x"])
@@ -713,8 +682,10 @@ def _method_legend(ax, extra=(), loc="best", settings=_SETTINGS, figure=False):
 
 
 def _plot_poly(cfg, rows):
+    from .plotting import _new_figure
+
     alphas = cfg["alphas"]
-    fig = _figure((4.0 * len(alphas), 4.0))
+    fig = _new_figure((4.0 * len(alphas), 4.0))
     axes = fig.subplots(1, len(alphas), sharey=True, squeeze=False)[0]
     shifts = {"scratch": 0.96, "finetune": 1.0, "joint": 1.04}
     for ax, alpha in zip(axes, alphas):
@@ -739,8 +710,10 @@ def _plot_poly(cfg, rows):
 
 
 def _plot_fs(cfg, rows):
+    from .plotting import _new_figure
+
     alphas = cfg["alphas"]
-    fig = _figure((10.5, 3.7 * len(alphas) + 0.5))
+    fig = _new_figure((10.5, 3.7 * len(alphas) + 0.5))
     axes = fig.subplots(len(alphas), 2, sharey="row", squeeze=False)
     shifts = {"scratch": 0.96, "finetune": 1.0, "joint": 1.04}
     for i, alpha in enumerate(alphas):
@@ -771,6 +744,8 @@ def _plot_fs(cfg, rows):
 def _plot_digits(cfg, rows):
     from matplotlib.colors import TwoSlopeNorm
 
+    from .plotting import _new_figure
+
     S, Tg = cfg["sources"], cfg["targets"]
 
     def grid(method, setting, quantity, key="mean"):
@@ -783,7 +758,7 @@ def _plot_digits(cfg, rows):
     align = np.full((len(S), len(Tg)), np.nan)
     for r in rows:
         align[S.index(r["source"]), Tg.index(r["target"])] = r["task_alignment"]
-    fig = _figure((11.5, 7.6))
+    fig = _new_figure((11.5, 7.6))
     axes = fig.subplots(2, 2)
     ax = axes[0, 0]
     im = ax.imshow(align, cmap="PuOr", vmin=-1, vmax=1)
@@ -834,11 +809,11 @@ def _plot_digits(cfg, rows):
 def _plot_phase(cfg, rows):
     from matplotlib.lines import Line2D
 
-    from .plotting import plot_phase_diagram
+    from .plotting import _new_figure, plot_phase_diagram
     from .theory.proportional import zero_level_lines
 
     pr = cfg["params"]
-    fig = _figure((16.5, 4.9))
+    fig = _new_figure((16.5, 4.9))
     fig.get_layout_engine().set(wspace=0.06)  # room between the middle colour bar and the cut's y label
     axes = fig.subplots(1, 3)
     alphas = np.linspace(0.0, 1.0, cfg["n_grid"])

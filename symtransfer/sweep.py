@@ -24,6 +24,7 @@ import os
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -338,27 +339,28 @@ def evaluate_point(params: dict) -> dict:
     return _plain(out, "result")
 
 
-def _limit_threads(n):
-    try:
-        import numba
+@contextmanager
+def _threads(n):
+    """Numba and BLAS limited to ``n`` threads inside the block (points running side by side, or a
+    shared machine, where two-thread barriers cost more than they save)."""
+    import numba
+    from threadpoolctl import threadpool_limits
 
-        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
-    except ImportError:  # pragma: no cover
-        pass
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        with threadpool_limits(limits=int(n)):
+            yield
+    finally:
+        numba.set_num_threads(before)
 
 
 def _run_point(params: dict, n_threads: int = 1):
     """Worker side: evaluate, time, and turn any exception into data (it always pickles)."""
-    _limit_threads(n_threads)
     t0 = time.perf_counter()
     try:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # pragma: no cover
+        with _threads(n_threads):
             res = evaluate_point(params)
-        else:
-            with threadpool_limits(limits=n_threads):
-                res = evaluate_point(params)
         return {"ok": True, "results": res, "seconds": time.perf_counter() - t0}
     except Exception as exc:  # noqa: BLE001 - reported per point, the sweep goes on
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(),

@@ -47,7 +47,9 @@ def _one(rows, **kw):
 def _tiny_plot(cfg, rows):
     """Stands in for the real drawing where a test is about the computation (rendering the phase
     diagram costs ~2 s per call)."""
-    fig = F._figure((1, 1))
+    from symtransfer.plotting import _new_figure
+
+    fig = _new_figure((1, 1))
     fig.add_subplot().plot([r["mean"] for r in rows])
     return fig
 

@@ -290,30 +290,52 @@ def gl_mean_split(phi, M, sig, kinks, t, w):
 
 
 @nb.njit(inline="always")
-def _panel_cuts(cuts, kinks, m, s):
-    """Fill ``cuts`` with -10, the kinks of ``phi(m + s xi)`` in ``xi`` (sorted), 10; return count."""
-    cuts[0] = -10.0
-    c = 1
+def _kink_cuts(out, kinks, m, s, lim):
+    """Write the kinks of ``phi(m + s xi)`` in ``xi`` inside ``(-lim, lim)``, sorted; return the count."""
+    c = 0
     if s != 0.0:
         nk = kinks.shape[0]
         for k in range(nk):
             kk = k if s > 0.0 else nk - 1 - k
             z = (kinks[kk] - m) / s
-            if -10.0 < z < 10.0:
-                cuts[c] = z
+            if -lim < z < lim:
+                out[c] = z
                 c += 1
-    cuts[c] = 10.0
-    return c + 1
+    return c
+
+
+@nb.njit(inline="always")
+def _panel_cuts(cuts, work, breaks, kinks, m, s):
+    """Fill ``cuts`` with the fixed ``breaks`` (sorted, first and last = the truncation) merged with
+    the kinks of ``phi(m + s xi)``; return the count. Every panel is then smooth and a few units
+    wide, where one panel across ``[-10, 10]`` needs ~40 nodes for 1e-12."""
+    nk = _kink_cuts(work, kinks, m, s, breaks[breaks.shape[0] - 1])
+    i = 0
+    j = 0
+    c = 0
+    while i < breaks.shape[0] or j < nk:
+        if j >= nk or (i < breaks.shape[0] and breaks[i] <= work[j]):
+            cuts[c] = breaks[i]
+            i += 1
+        else:
+            cuts[c] = work[j]
+            j += 1
+        c += 1
+    return c
 
 
 @nb.njit
-def _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, t, wt, a, b0, out):
+def _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, breaks, t, wt, a, b0, out):
     """Row ``a`` of :func:`gl_pair_split`, columns ``b0..nB-1``."""
     n = MA.shape[0]
     nk = kinks.shape[0]
+    nbk = breaks.shape[0]
+    lim = breaks[nbk - 1]
     Q = t.shape[0]
-    c1 = np.empty(2 * nk + 2)
-    c2 = np.empty(nk + 2)
+    c1 = np.empty(nbk + 2 * nk)
+    c2 = np.empty(nbk + nk)
+    k1 = np.empty(2 * nk + 1)
+    k2 = np.empty(nk + 1)
     for b in range(b0, MB.shape[1]):
         beta, tau = _cond_split(RAB[a, b], SA[a], SB[b])
         acc = 0.0
@@ -321,14 +343,23 @@ def _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, t, wt, a, b0, out):
             ma = MA[i, a]
             mb = MB[i, b]
             # outer cuts: kinks of phi(u) and, when u' is a function of xi1 alone, of phi(u')
-            na = _panel_cuts(c1, kinks, ma, SA[a])
             if tau == 0.0 and beta != 0.0:
-                extra = _panel_cuts(c2, kinks, mb, beta)
-                for k in range(1, extra - 1):
-                    c1[na - 1] = c2[k]
+                nka = _kink_cuts(k1, kinks, ma, SA[a], lim)
+                nka += _kink_cuts(k1[nka:], kinks, mb, beta, lim)
+                k1[:nka].sort()
+                na = 0
+                i1 = 0
+                j1 = 0
+                while i1 < nbk or j1 < nka:
+                    if j1 >= nka or (i1 < nbk and breaks[i1] <= k1[j1]):
+                        c1[na] = breaks[i1]
+                        i1 += 1
+                    else:
+                        c1[na] = k1[j1]
+                        j1 += 1
                     na += 1
-                c1[na - 1] = 10.0
-                c1[:na].sort()
+            else:
+                na = _panel_cuts(c1, k1, breaks, kinks, ma, SA[a])
             outer = 0.0
             for p in range(na - 1):
                 half = 0.5 * (c1[p + 1] - c1[p])
@@ -341,7 +372,7 @@ def _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, t, wt, a, b0, out):
                         outer += g1 * fa * phi(mb + beta * x1)
                     else:
                         mb1 = mb + beta * x1
-                        nb_ = _panel_cuts(c2, kinks, mb1, tau)
+                        nb_ = _panel_cuts(c2, k2, breaks, kinks, mb1, tau)
                         inner = 0.0
                         for p2 in range(nb_ - 1):
                             h2 = 0.5 * (c2[p2 + 1] - c2[p2])
@@ -355,17 +386,18 @@ def _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, t, wt, a, b0, out):
 
 
 @nb.njit(parallel=True)
-def gl_pair_split(phi, MA, MB, SA, SB, RAB, w, kinks, t, wt, sym=False):
-    """:func:`gh_pair` for ``phi`` with kinks: Gauss-Legendre panels split at the kinks, both axes."""
+def gl_pair_split(phi, MA, MB, SA, SB, RAB, w, kinks, breaks, t, wt, sym=False):
+    """:func:`gh_pair` for ``phi`` with kinks: Gauss-Legendre on panels between the fixed ``breaks``
+    (standardised units, sorted; the outer two truncate) and the kinks, both axes."""
     nA = MA.shape[1]
     out = np.zeros((nA, MB.shape[1]))
     if not sym:
         for a in nb.prange(nA):
-            _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, t, wt, a, 0, out)
+            _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, breaks, t, wt, a, 0, out)
         return out
     for k in nb.prange((nA + 1) // 2):
-        _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, t, wt, k, k, out)
+        _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, breaks, t, wt, k, k, out)
         if nA - 1 - k != k:
-            _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, t, wt, nA - 1 - k, nA - 1 - k, out)
+            _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, breaks, t, wt, nA - 1 - k, nA - 1 - k, out)
     _mirror_upper(out)
     return out

@@ -42,7 +42,8 @@ __all__ = ["AdaptiveKernel", "AdaptiveTransfer"]
 _N_GH = 48      # 1-D Gauss-Hermite nodes for conditional means
 _N_GH2 = 16     # per axis for conditional pair moments
 _N_GL = 40      # Gauss-Legendre nodes per smooth panel for activations with kinks
-_N_GL2 = 20     # the same per axis for pair moments
+_N_GL2 = 12     # per panel and axis for pair moments, on the panels between ...
+_GL_BREAKS = np.array([-8.0, 0.0, 8.0])  # ... these breaks and the kinks: < 1e-6 relative
 _N_GH_CV = 48   # per axis for the Gaussian-reference moments of the control variate
 _KISH_IS = 0.3  # i.i.d. draws from the reference are used when their weights keep this fraction
 _REF_INFLATE = 1.1   # a reference wider than the target keeps the slice likelihood decaying in the tails
@@ -52,6 +53,11 @@ _KISH_FINAL = 0.9    # the answer is accepted only from samples drawn this close
 _FULL_STEP = 0.25   # squared Newton decrement below which full steps are taken
 _DIVERGED_SQ = 6.0   # mean |zeta|^2 / r above this: the chains run away (tilt not normalisable)
 _TAU_EDGE = 0.995    # 2 c s^2 kappa(v) this close to 1 counts as pressing against the edge (A.3)
+_POOL = 256          # directions kept for the normalisability estimate (they are the edge's cutting planes)
+_TAU_CONDENSE = 0.98   # level of the edge constraint tau <= 1 in the condensate solve (section 2)
+_COARSE = 4          # the coarse stage of the solve keeps 1/_COARSE of the samples per chain ...
+_COARSE_MIN_KEEP = 16  # ... when that leaves at least this many
+_COARSE_TOL = 1e-2   # and stops here: its answer is only a starting point for the full sample set
 _DEBUG = bool(os.environ.get("SYMTRANSFER_DEBUG"))  # per-iteration solver trace on stdout
 
 
@@ -175,7 +181,7 @@ def _gauss_pair_moments(phi, kinks, mA, mB, R, sA, sB, sym=False):
     R = np.ascontiguousarray(R)
     if kinks.size:
         t, wt = np.polynomial.legendre.leggauss(_N_GL2)
-        return _sampling.gl_pair_split(phi, mA, mB, sA, sB, R, one, kinks, t, wt, sym)
+        return _sampling.gl_pair_split(phi, mA, mB, sA, sB, R, one, kinks, _GL_BREAKS, t, wt, sym)
     nodes, wts = _gauss_hermite(_N_GH_CV)
     return _sampling.gh_pair(phi, mA, mB, sA, sB, R, one, nodes, wts, sym)
 
@@ -262,7 +268,7 @@ class _Rep:
         if self.kinks.size:
             t, wt = np.polynomial.legendre.leggauss(_N_GL2)
             return _sampling.gl_pair_split(self.phi, self.means(XA), self.means(XB), sA, sB, R, self.weff,
-                                           self.kinks, t, wt, XB is XA) + self.qkernel(XA, XB)
+                                           self.kinks, _GL_BREAKS, t, wt, XB is XA) + self.qkernel(XA, XB)
         nodes, wts = _gauss_hermite(_N_GH2)
         return _sampling.gh_pair(self.phi, self.means(XA), self.means(XB), sA, sB, R,
                                  self.weff, nodes, wts, XB is XA) + self.qkernel(XA, XB)
@@ -303,7 +309,16 @@ def _gram(psi, w):
     """``sum_i w_i psi_i psi_i^T`` (weights may be negative: control-variate batch estimates)."""
     if _blas_threads > 1 and psi.shape[0] * psi.shape[1] ** 2 >= _BIG_GRAM:
         with threadpool_limits(limits=_blas_threads, user_api="blas"):
-            return (psi * w[:, None]).T @ psi
+            return _gram1(psi, w)
+    return _gram1(psi, w)
+
+
+def _gram1(psi, w):
+    if np.all(w >= 0.0):
+        # B^T B with B = sqrt(w) psi is one symmetric rank-k update (NumPy calls syrk for a product
+        # with its own transpose): half the flops of the general product
+        B = psi * np.sqrt(w)[:, None]
+        return B.T @ B
     return (psi * w[:, None]).T @ psi
 
 
@@ -352,16 +367,55 @@ def _pinned_at_edge(history, taus, window=6):
     return history[-1] > 0.5 * history[-window]
 
 
-def _newton(draw, y, lam, c, tol, max_iter):
-    """Damped Newton on the convex potential ``E(v)`` (docs/adaptive.md, eq. (A.1)).
+def _solve(draw, y, lam, c, tol, max_iter, condense=True):
+    """Coarse-to-fine damped Newton (docs/adaptive.md, section 1).
+
+    Most Newton iterations are spent travelling from ``v = 0`` to the neighbourhood of the solution,
+    where Monte Carlo precision is wasted: that part runs on ``1/_COARSE`` of the samples (fewer kept
+    states per chain, same chains and common random numbers), and the full sample set only polishes
+    from the coarse answer. Same returns as :func:`_newton`, with the histories of both stages.
+    """
+    full = draw.n_keep
+    if full // _COARSE < _COARSE_MIN_KEEP:
+        return _newton(draw, y, lam, c, tol, max_iter, condense=condense)
+    draw.set_keep(full // _COARSE)
+    try:
+        v0, _, _, _, _, hist0, it0, nd0, _ = _newton(draw, y, lam, c, max(tol, _COARSE_TOL), max_iter,
+                                                     condense=condense)
+    except EdgeOfNormalisabilityError:
+        raise  # the edge is a property of v, not of the sample size
+    except ConvergenceError as err:
+        # the coarse noise may hide descent: the full sample set starts over from v = 0
+        v0, hist0, it0, nd0 = None, err.residuals, len(err.residuals), 0
+    finally:
+        draw.set_keep(full)
+    v, ss, w, Phi, H, hist, it, nd, cond = _newton(draw, y, lam, c, tol, max_iter, v0=v0, condense=condense)
+    return v, ss, w, Phi, H, hist0 + hist, it0 + it, nd0 + nd, cond
+
+
+def _newton(draw, y, lam, c, tol, max_iter, v0=None, condense=True):
+    """Damped Newton on the convex potential ``E(v)`` (docs/adaptive.md, eq. (A.1)) from ``v0``.
 
     ``draw(v)`` returns a :class:`_SampleSet` of the measure tilted by ``v`` or raises
-    :class:`_Diverged`. Returns ``(v, sample set, weights, Phi, H, residual history, n_iter, n_draws)``.
+    :class:`_Diverged`. Returns ``(v, sample set, weights, Phi, H, residual history, n_iter, n_draws,
+    condensate)``; ``condensate`` is ``None`` or ``(E, rho)`` from :func:`_newton_edge`, which takes
+    over when the path presses against the edge of the domain (``condense=False``: raise
+    :class:`EdgeOfNormalisabilityError` there instead).
     """
     P = len(y)
-    v = np.zeros(P)
-    ss = draw(v)
+    v = np.zeros(P) if v0 is None else v0.copy()
     n_draws = 1
+    while True:
+        try:
+            ss = draw(v)
+            break
+        except _Diverged:
+            # a start found on fewer samples can sit where more chains see the tilt win: move inwards
+            if not v.any() or n_draws > 20:
+                raise ConvergenceError("the single-site measure is not normalisable at the starting point "
+                                       "(chains diverged)") from None
+            v *= 0.8
+            n_draws += 1
     history, taus = [], []
     n_fail = 0
 
@@ -400,6 +454,8 @@ def _newton(draw, y, lam, c, tol, max_iter):
         if _DEBUG:
             print(f"it {it} res {res:.3g} |g| {np.linalg.norm(g):.3g} kish {kish:.3f} tau {tau_now:.4f} "
                   f"draws {n_draws} is {draw.used_is} |v| {np.linalg.norm(v):.3g}")
+        if _pinned_at_edge(history, taus) and condense:
+            return _newton_edge(draw, y, lam, c, tol, max_iter - it, v, ss, history, taus, n_draws)
         if _pinned_at_edge(history, taus):
             raise EdgeOfNormalisabilityError(
                 f"the Newton path is pinned at the edge of the normalisable region (2 c s^2 kappa(v) = "
@@ -409,7 +465,7 @@ def _newton(draw, y, lam, c, tol, max_iter):
                 f"(docs/adaptive.md, section 2). Use a smaller gamma, or GradientFlowDMFT for the dynamics",
                 history, taus)
         if res < tol and kish >= _KISH_FINAL:
-            return v, ss, w, Phi, H, history, it, n_draws
+            return v, ss, w, Phi, H, history, it, n_draws, None
         if res < tol:
             # solved on samples drawn too far away: redraw here and polish
             ss, v, n_fail = redraw(v, ss.v0, n_fail)
@@ -452,6 +508,117 @@ def _newton(draw, y, lam, c, tol, max_iter):
                            history)
 
 
+def _edge_qp(H, g, A, r):
+    """Step ``d`` minimising ``g.d + d^T H d / 2`` subject to ``A d <= r``, and the multipliers.
+
+    Solved through its dual, ``min_{mu >= 0} mu^T M mu / 2 + mu^T q`` with ``M = A H^-1 A^T`` and
+    ``q = A H^-1 g + r``: a non-negative least-squares problem of the size of the active set.
+    """
+    from scipy.optimize import nnls
+
+    cho = np.linalg.cholesky(H)
+    Hg = np.linalg.solve(cho.T, np.linalg.solve(cho, g))
+    HA = np.linalg.solve(cho.T, np.linalg.solve(cho, A.T))
+    M = A @ HA
+    M = 0.5 * (M + M.T) + 1e-12 * np.trace(M) * np.eye(len(r))
+    q = A @ Hg + r
+    R = np.linalg.cholesky(M).T                      # M = R^T R
+    mu = nnls(R, -np.linalg.solve(R.T, q), maxiter=50 * len(r))[0]
+    return -(Hg + HA @ mu), mu
+
+
+def _newton_edge(draw, y, lam, c, tol, max_iter, v, ss, history, taus, n_draws):
+    """Minimise (A.1) over the closed domain ``tau(v) <= 1`` (docs/adaptive.md, section 2, eq. (A.6)).
+
+    Entered when the unconstrained path presses against the edge. The domain is the intersection of
+    the slabs ``|v . a(e)| <= b`` over all directions ``e`` (``a(e) = phi_inf(L e)``,
+    ``b^2 = tau / (2 c s^2)``), so each step is a Newton step with the slabs of the currently critical
+    directions as linear constraints (cutting planes refreshed every iteration), at the level
+    ``tau = _TAU_CONDENSE`` where the tilted measure can still be sampled. At the solution
+    ``(Phi + lam) v - y = -sum_j mu_j sigma_j a_j`` with ``mu_j >= 0``: the constraint forces act like
+    a kernel ``sum_j rho_j a_j a_j^T``, ``rho_j = mu_j / b``, carried by a vanishing fraction of
+    neurons whose weights run off along ``e_j`` (the condensate). Returns :func:`_newton`'s tuple with
+    ``(E, rho)``.
+    """
+    P = len(y)
+    b = math.sqrt(_TAU_CONDENSE / (2.0 * c * draw.s2))
+    it0 = len(history)
+    n_fail = 0
+
+    def retract(vv):
+        # tau is homogeneous of degree 2 in v: scaling is the cheapest way back into the domain
+        tv = draw.tau(vv)
+        return vv * math.sqrt(_TAU_CONDENSE / tv) if tv > _TAU_CONDENSE else vv
+
+    def redraw(vv, n_fail):
+        while True:
+            try:
+                return draw(vv), vv, 0   # count consecutive rejections only: each one adds a cut
+            except _Diverged:
+                # the escaping chains have fed the direction they took into the pool of tau
+                n_fail += 1
+                if n_fail > 20:
+                    raise EdgeOfNormalisabilityError(
+                        "the single-site measure stayed non-normalisable along the constrained Newton path "
+                        "at the edge (chains diverged 20 times)", history, taus) from None
+                vv = retract(vv) if draw.tau(vv) > _TAU_CONDENSE else 0.99 * vv
+
+    def energy(vv, lnZ):
+        cvq = 0.0 if ss.cv is None else 0.5 * vv @ ss.cv @ vv
+        return 0.5 * lam * vv @ vv - y @ vv + cvq + lnZ / (2.0 * c)
+
+    v = retract(v)
+    for it in range(it0 + 1, it0 + max_iter + 1):
+        w, s, lnZ, kish = _reweight(ss, v, c)
+        Phi, g, H = _moments(ss, v, w, s, c, lam, y)
+        Ecrit, F = draw.critical(v, 0.8 * _TAU_CONDENSE)
+        sig = np.sign(F @ v)
+        A = sig[:, None] * F
+        d, mu = _edge_qp(H, g, A, b - A @ v)
+        # stationarity of the Lagrangian: what is left of the gradient after the constraint forces
+        res = float(np.linalg.norm(g + A.T @ mu) / max(np.linalg.norm(y), 1e-300))
+        history.append(res)
+        tau_now = draw.tau(v)
+        taus.append(tau_now)
+        if _DEBUG:
+            print(f"edge it {it} res {res:.3g} |g| {np.linalg.norm(g):.3g} kish {kish:.3f} tau {tau_now:.5f} "
+                  f"active {int(np.sum(mu > 0))}/{len(mu)} mu {np.round(mu[mu > 0], 4)} |v| {np.linalg.norm(v):.3g}")
+        if res < tol and kish >= _KISH_FINAL:
+            on = mu > 0.0
+            rho = mu[on] / np.maximum(A[on] @ v, 1e-300)
+            return v, ss, w, Phi, H, history, it, n_draws, (Ecrit[on], rho)
+        if res < tol:
+            ss, v, n_fail = redraw(v, n_fail)
+            n_draws += 1
+            continue
+        slope = float(g @ d)
+        E0 = energy(v, lnZ)
+        t = 1.0
+        while t >= 1e-10:
+            # the slabs are tangent planes of a convex domain, so the step ends slightly outside, and
+            # they miss directions not yet critical: the true tau decides, by retraction
+            vt = retract(v + t * d)
+            _, _, lnZt, kisht = _reweight(ss, vt, c)
+            if kisht >= _KISH_TRUST and energy(vt, lnZt) <= E0 + 1e-4 * t * min(slope, 0.0):
+                break
+            t *= 0.5
+        if t < 1e-10:
+            if np.array_equal(v, ss.v0):
+                raise EdgeOfNormalisabilityError(
+                    "the constrained Newton step at the edge of the normalisable region found no descent "
+                    "even on samples drawn at the current point (increase n_samples)", history, taus)
+            ss, v, n_fail = redraw(v, n_fail)
+            n_draws += 1
+            continue
+        v = vt
+        if kisht < _KISH_REDRAW:
+            ss, v, n_fail = redraw(v, n_fail)
+            n_draws += 1
+    raise EdgeOfNormalisabilityError(
+        f"no convergence to tol={tol:g} at the edge of the normalisable region in max_iter={max_iter} "
+        f"constrained Newton iterations", history, taus)
+
+
 class _ESSDraw:
     """Draws the tilted measure with common random numbers; adapts the Gaussian reference.
 
@@ -481,6 +648,16 @@ class _ESSDraw:
         self.slopes = slopes
         self.has_edge = c > 0.0 and (slopes[0] != 0.0 or slopes[1] != 0.0)
         self.pool = rng.standard_normal((64, r))  # candidate directions of steepest tilt growth
+        self._full = (n_burn, n_keep)
+
+    def set_keep(self, n_keep):
+        """Keep ``n_keep`` states per chain from now on (burn-in scaled alike; the common random
+        numbers are prefixes of the full set, so every level sees the same directions)."""
+        n_burn, full = self._full
+        if not 1 <= n_keep <= full:
+            raise ValueError(f"n_keep must lie in [1, {full}], got {n_keep}")
+        self.n_keep = n_keep
+        self.n_burn = max(n_burn * n_keep // full, 1)
 
     def tau(self, v, extra=None):
         """``2 c s^2 kappa(v)``: the tilted measure is normalisable iff this is < 1 (eq. (A.3)).
@@ -497,12 +674,25 @@ class _ESSDraw:
             order = np.argsort(vals)[::-1]
             keep = [E[order[0]]]
             for i in order[1:]:
-                if len(keep) >= 64:
+                if len(keep) >= _POOL:
                     break
                 if np.max(np.abs(np.asarray(keep) @ E[i])) < 0.999:
                     keep.append(E[i])
             self.pool = np.asarray(keep)
         return 2.0 * self.c * self.s2 * k
+
+    def critical(self, v, tau_min):
+        """Directions of the pool with ``2 c s^2 (v . a(e))^2 >= tau_min`` and their ``a(e) = phi_inf(L e)``.
+
+        Always at least the most critical direction, so the constrained step has a constraint.
+        """
+        self.tau(v)  # refresh the pool at v
+        E = self.pool
+        Hs = E @ self.L.T
+        F = Hs * np.where(Hs > 0.0, self.slopes[0], self.slopes[1])
+        t = 2.0 * self.c * self.s2 * (F @ v) ** 2
+        keep = t >= min(tau_min, float(t.max()))
+        return E[keep], F[keep]
 
     def __call__(self, v):
         C, r, P = self.C, self.r, self.L.shape[0]
@@ -520,8 +710,9 @@ class _ESSDraw:
         zeta = np.empty((C, self.n_keep, r))
         psi = np.empty((C, self.n_keep, P))
         sq = np.empty(C)
+        normals = np.ascontiguousarray(self.normals[:, :self.n_burn + self.n_keep])
         _sampling.ess_sample(self.phi, B, A, href, dref, 1.0 / self.s2, np.ascontiguousarray(v), self.c,
-                             np.ascontiguousarray(zeta0), self.normals, self.seeds, self.n_burn, self.n_keep,
+                             np.ascontiguousarray(zeta0), normals, self.seeds, self.n_burn, self.n_keep,
                              zeta, psi, sq)
         if not (np.all(np.isfinite(psi)) and np.all(np.isfinite(zeta))):
             raise _Diverged()
@@ -533,7 +724,10 @@ class _ESSDraw:
         top = rel[np.argsort(s_abs)[-128:]]
         # runaway chains signal a non-normalisable tilt only where one can exist: a bounded
         # activation's tilt is bounded, and wide chains there mean a too-narrow reference, not divergence
-        if self.tau(v, extra=top) >= 1.0 or (self.has_edge and np.mean(sq) > _DIVERGED_SQ * max(r, 1)):
+        tau_top = self.tau(v, extra=top)
+        if tau_top >= 1.0 or (self.has_edge and np.mean(sq) > _DIVERGED_SQ * max(r, 1)):
+            if _DEBUG:
+                print(f"  draw rejected: tau {tau_top:.5f}, mean |zeta|^2 / r {np.mean(sq) / max(r, 1):.3g}")
             raise _Diverged()
         self.z_last = np.ascontiguousarray(Z[:, -1, :])
         self._adapt(Z)
@@ -553,7 +747,7 @@ class _ESSDraw:
         Returns ``None`` when the weights are too uneven (the reference misses the target's shape).
         """
         mu, A = self.mu_ref[0], self.A
-        zeta = self.is_normals
+        zeta = self.is_normals[:self.C * self.n_keep]
         Z = mu + zeta @ A.T
         psi = apply_elementwise(self.phi, np.ascontiguousarray(Z @ self.L.T))
         sv = psi @ v
@@ -633,7 +827,7 @@ class _AdaptiveBase:
             return self._exact.kernel(XA, XB)
         if self._rep is None:
             return self._lazy_kernel(XA, XB)
-        return self._rep.kernel(XA, XB)
+        return self._rep.kernel(XA, XB) + self._cond_kernel(XA, XB)
 
     def _lazy_kernel(self, XA, XB):
         s2 = self.s2_
@@ -650,7 +844,8 @@ class _AdaptiveBase:
         if self._rep is None:
             return self._lazy_kernel(X, self.X_), None
         F = self._rep.features(X)
-        return F.T @ (self._rep.weff[:, None] * self._psi) + self._rep.qkernel(X, self.X_), F
+        return (F.T @ (self._rep.weff[:, None] * self._psi) + self._rep.qkernel(X, self.X_)
+                + self._cond_kernel(X, self.X_)), F
 
     @_one_blas_thread
     def predict(self, X, return_std=False):
@@ -673,9 +868,9 @@ class _AdaptiveBase:
             return f
         if F is None:
             return f, np.zeros_like(f)
-        return f, self._predict_std(F, k)
+        return f, self._predict_std(F, k, X)
 
-    def _predict_std(self, F, k):
+    def _predict_std(self, F, k, X):
         rep, psi, v, c = self._rep, self._psi, self.v_, self._c
         w, weff, s = rep.w, rep.weff, psi @ v
         G = self._n_groups
@@ -691,13 +886,25 @@ class _AdaptiveBase:
             MG = ((w * s)[:, None] * psi).reshape(G, -1, psi.shape[1]).sum(axis=1)
             J = J + 2.0 * c * ((Fs * (w * s)[:, None]).T @ psi - G * FG.T @ MG)
         Hinv = np.linalg.inv(self._H)
+        if self._kkt is not None:
+            # at the edge v moves only along the active slabs (A dv = 0) and the noise goes into the
+            # multipliers, i.e. into the condensate part sum_j mu_j sigma_j phi_inf(h_j(x)) of f (A.6)
+            A = self._kkt
+            HA = Hinv @ A.T
+            Sinv = np.linalg.pinv(A @ HA)
+            Fc = self._cond_features(X) * np.sign(self._cond_features(self.X_).T @ v)[None, :]
         dev = np.empty((B, nt))
         for b in range(B):
             idx = rep.batch == b
             wb = _batch_weights(w, rep.u, idx)
             dkv = wb @ Fs[idx] - kv
             dPhiv = psi[idx].T @ (wb * s[idx]) - Phiv
-            dev[b] = dkv - J @ (Hinv @ dPhiv)
+            u = Hinv @ dPhiv
+            if self._kkt is None:
+                dev[b] = dkv - J @ u
+            else:
+                dmu = -Sinv @ (A @ u)
+                dev[b] = dkv - J @ (u + HA @ dmu) + Fc @ dmu
         return np.sqrt(np.sum(dev**2, axis=0) / (B * (B - 1)))
 
     def test_error(self, X, y):
@@ -727,6 +934,33 @@ class _AdaptiveBase:
         self.Phi_stderr_ = np.zeros_like(self.Phi_)
         self.mc_error_ = 0.0
         self._set_no_solver()
+
+    def _set_condensate(self, cond, V, slopes):
+        """Store the condensate ``(E, rho)`` of :func:`_newton_edge` (directions in the coordinates of
+        ``V``) and add its kernel to ``Phi_`` (docs/adaptive.md, eq. (A.6))."""
+        if cond is None:
+            self._cond, self._kkt, self.condensate_weights_ = None, None, np.zeros(0)
+            return
+        E, rho = cond
+        self._cond = (np.ascontiguousarray(E @ V.T), rho, slopes)
+        self.condensate_weights_ = rho
+        self.Phi_ = self.Phi_ + self._cond_kernel(self.X_, self.X_)
+        Fc = self._cond_features(self.X_)
+        self._kkt = (Fc * np.sign(Fc.T @ self.v_)[None, :]).T   # active slabs sigma_j a_j, rows
+
+    def _cond_features(self, X):
+        """``phi_inf(h_j(x))`` of the condensate directions: those weights are infinitely long, so only
+        the asymptotic slopes of ``phi`` and the part of ``x`` in the training span matter."""
+        W, _, (ap, am) = self._cond
+        H = X @ W.T / math.sqrt(X.shape[1])
+        return H * np.where(H > 0.0, ap, am)
+
+    def _cond_kernel(self, XA, XB):
+        if self._cond is None:
+            return 0.0
+        FA = self._cond_features(XA)
+        FB = FA if XB is XA else self._cond_features(XB)
+        return (FA * self._cond[1]) @ FB.T
 
     def _set_from_samples(self, rep, psi, Phi, v, H, c, n_groups):
         self._rep, self._psi, self._H, self._c, self._n_groups = rep, psi, H, c, n_groups
@@ -773,18 +1007,26 @@ class AdaptiveKernel(_AdaptiveBase):
         Stop when the relative fixed-point residual ``||Phi(v(Phi)) - Phi||_F/||Phi||_F`` of the
         (common-random-number) estimator falls below ``tol``.
     max_iter : int
-        Maximum number of Newton iterations.
+        Maximum number of Newton iterations per stage (a coarse stage on 1/8 of the samples, then the
+        full set; ``n_iter_`` counts both).
     method : {"auto", "sampling"}
         ``"auto"`` uses the exact solution for ``activation="linear"``
         (:class:`symtransfer.theory.linear.LinearTheory`) and the closed-form dual kernel at
         ``gamma = 0``; ``"sampling"`` always uses the Monte Carlo solver.
+    edge : {"condensate", "raise"}
+        What to do when the solution lies on the edge of the normalisable region (ReLU-type
+        activations at strong feature learning, docs/adaptive.md section 2): ``"condensate"`` minimises
+        (A.1) over the closed domain, which adds the kernel of a condensate of runaway neurons
+        (eq. (A.6)); ``"raise"`` raises :class:`~symtransfer.errors.EdgeOfNormalisabilityError`.
     seed : int
         Seeds every random number (results are reproducible and thread-count independent).
 
     Attributes
     ----------
     Phi_ : ndarray (P, P)
-        Adapted kernel on the training inputs (eq. (2.4)).
+        Adapted kernel on the training inputs (eq. (2.4)), condensate included.
+    condensate_weights_ : ndarray (m,)
+        Weights ``rho_j`` of the condensate directions (eq. (A.6)); empty when the solution is interior.
     v_ : ndarray (P,)
         Dual vector ``(Phi + lambda I)^-1 y`` (eq. (2.3)).
     Phi_stderr_ : ndarray (P, P)
@@ -810,7 +1052,7 @@ class AdaptiveKernel(_AdaptiveBase):
     """
 
     def __init__(self, activation="relu", gamma=1.0, weight_decay=1.0, temperature=1.0, n_samples=8192,
-                 n_chains=64, tol=1e-4, max_iter=100, method="auto", seed=0):
+                 n_chains=64, tol=1e-4, max_iter=100, method="auto", edge="condensate", seed=0):
         self.activation = activation
         self.gamma = gamma
         self.weight_decay = weight_decay
@@ -820,12 +1062,13 @@ class AdaptiveKernel(_AdaptiveBase):
         self.tol = tol
         self.max_iter = max_iter
         self.method = method
+        self.edge = edge
         self.seed = seed
 
     def get_params(self):
         """Constructor parameters (scikit-learn convention)."""
         names = ("activation", "gamma", "weight_decay", "temperature", "n_samples", "n_chains", "tol",
-                 "max_iter", "method", "seed")
+                 "max_iter", "method", "edge", "seed")
         return {k: getattr(self, k) for k in names}
 
     def _validated(self):
@@ -837,6 +1080,8 @@ class AdaptiveKernel(_AdaptiveBase):
         seed = check_int("seed", self.seed, low=0)
         if self.method not in ("auto", "sampling"):
             raise ValueError(f"method must be 'auto' or 'sampling', got {self.method!r}")
+        if self.edge not in ("condensate", "raise"):
+            raise ValueError(f"edge must be 'condensate' or 'raise', got {self.edge!r}")
         return act, gamma, lam, T, n_samples, n_chains, tol, max_iter, seed
 
     @_one_blas_thread
@@ -850,7 +1095,8 @@ class AdaptiveKernel(_AdaptiveBase):
         EdgeOfNormalisabilityError
             A ``ConvergenceError``: the iterates pressed against the edge of the normalisable region
             (linearly growing activations such as ReLU at strong feature learning; residual and
-            ``tau`` histories attached, docs/adaptive.md section 2).
+            ``tau`` histories attached, docs/adaptive.md section 2) with ``edge="raise"``, or the
+            constrained solve at the edge failed.
         ConvergenceError
             The Newton iteration did not reach ``tol`` (the residual history is attached).
         """
@@ -863,6 +1109,7 @@ class AdaptiveKernel(_AdaptiveBase):
         self.s2_ = T / lam
         self._exact = None
         self._rep = None
+        self._cond, self._kkt, self.condensate_weights_ = None, None, np.zeros(0)
         P = X.shape[0]
         if self.method == "auto" and act.name == "linear":
             from .linear import LinearTheory
@@ -882,7 +1129,8 @@ class AdaptiveKernel(_AdaptiveBase):
         draw = _ESSDraw(L, self.s2_, c, act.compile().phi, _asymptotic_slopes(act), np.zeros((n_chains, V.shape[1])),
                         n_burn=max(n_keep // 4, 16), n_keep=n_keep, quenched=False, seed=seed,
                         kinks=_kinks(act))
-        v, ss, w, Phi, H, hist, n_iter, n_draws = _newton(draw, y, lam, c, tol, max_iter)
+        v, ss, w, Phi, H, hist, n_iter, n_draws, cond = _solve(draw, y, lam, c, tol, max_iter,
+                                                               condense=self.edge == "condensate")
         batch = np.repeat(np.arange(n_chains), n_keep)
         if ss.cv is not None:
             mu, C = ss.q
@@ -891,6 +1139,7 @@ class AdaptiveKernel(_AdaptiveBase):
         else:
             rep = _Rep(ss.Z @ V.T, w, batch, n_chains, [(self.s2_, V)], act.compile().phi, _kinks(act))
         self._set_from_samples(rep, ss.psi, Phi, v, H, c, n_groups=1)
+        self._set_condensate(cond, V, _asymptotic_slopes(act))
         self.converged_, self.n_iter_, self.n_draws_ = True, n_iter, n_draws
         self.residuals_ = hist
         self.residual_ = hist[-1]
@@ -977,6 +1226,7 @@ class AdaptiveTransfer(_AdaptiveBase):
         self.s2_ = T / lam
         self._exact = None
         self._rep = None
+        self._cond, self._kkt, self.condensate_weights_ = None, None, np.zeros(0)
         P2 = X2.shape[0]
         if math.isinf(delta):
             self.m_, self.s2c_ = 1.0, 0.0
@@ -994,21 +1244,29 @@ class AdaptiveTransfer(_AdaptiveBase):
             # m = 0: the target prior forgets w1 and the quenched problem is the one-task problem
             scratch = AdaptiveKernel(act, gamma=gamma, weight_decay=lam, temperature=T, n_samples=n_samples,
                                      n_chains=src.n_chains, tol=src.tol, max_iter=src.max_iter,
-                                     method=src.method, seed=seed).fit(X2, y2)
+                                     method=src.method, edge=src.edge, seed=seed).fit(X2, y2)
             for k in ("Phi_", "v_", "Phi_stderr_", "mc_error_", "converged_", "n_iter_", "n_draws_",
-                      "residuals_", "residual_", "_rep", "_psi", "_H", "_c", "_n_groups"):
+                      "residuals_", "residual_", "_rep", "_psi", "_H", "_c", "_n_groups", "_cond", "_kkt",
+                      "condensate_weights_"):
                 if hasattr(scratch, k):
                     setattr(self, k, getattr(scratch, k))
             self._exact = scratch._exact
             return self
+        if src._cond is not None and not math.isinf(delta):
+            raise NotImplementedError(
+                "jointly rich transfer from a source with a condensate (ReLU source beyond the edge of "
+                "normalisability, docs/adaptive.md section 2) is not implemented; readout fine-tuning "
+                "(coupling=inf) and training from scratch (coupling=0) are")
         rep1 = src._source_rep(X2, n_samples, seed)
         if math.isinf(delta):
             # w2 = w1: only the readout learns, kernel ridge regression with the source kernel
             psi = apply_elementwise(act.compile().phi, rep1.means(X2))
-            Phi = psi.T @ (rep1.weff[:, None] * psi) + rep1.qkernel(X2, X2)
+            self._cond = src._cond  # the source's condensate neurons keep their features too
+            Phi = psi.T @ (rep1.weff[:, None] * psi) + rep1.qkernel(X2, X2) + self._cond_kernel(X2, X2)
             Phi = 0.5 * (Phi + Phi.T)
             v = np.linalg.solve(Phi + lam * np.eye(P2), y2)
             self._set_from_samples(rep1, psi, Phi, v, Phi + lam * np.eye(P2), 0.0, n_groups=1)
+            self.condensate_weights_ = np.zeros(0) if src._cond is None else src._cond[1]
             self._set_no_solver()
             return self
         # jointly rich: w2 | w1 ~ N(m w1, s_c^2 I) tilted by exp(c2 (v2.phi(h2))^2), quenched over w1
@@ -1027,7 +1285,8 @@ class AdaptiveTransfer(_AdaptiveBase):
         mu_prior = m * (W1 @ V2)
         draw = _ESSDraw(L2, s2c, c2, act.compile().phi, _asymptotic_slopes(act), mu_prior, n_burn=max(n_inner, 8), n_keep=n_inner,
                         quenched=True, seed=seed)
-        v, ss, w, Phi, H, hist, n_iter, n_draws = _newton(draw, y2, lam, c2, src.tol, src.max_iter)
+        v, ss, w, Phi, H, hist, n_iter, n_draws, cond = _solve(draw, y2, lam, c2, src.tol, src.max_iter,
+                                                               condense=src.edge == "condensate")
         W1_perp = W1 - (W1 @ V2) @ V2.T
         Wk = ss.Z @ V2.T + m * np.repeat(W1_perp, n_inner, axis=0)
         (coef1, V12), = rep1.terms
@@ -1036,6 +1295,7 @@ class AdaptiveTransfer(_AdaptiveBase):
         rep = _Rep(Wk, w, batch, n_batches, [(m * m * coef1, V12), (s2c, V2)], act.compile().phi,
                    _kinks(act))
         self._set_from_samples(rep, ss.psi, Phi, v, H, c2, n_groups=n_outer)
+        self._set_condensate(cond, V2, _asymptotic_slopes(act))
         self.converged_, self.n_iter_, self.n_draws_ = True, n_iter, n_draws
         self.residuals_ = hist
         self.residual_ = hist[-1]

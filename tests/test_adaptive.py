@@ -286,7 +286,7 @@ def test_condensed_source_transfer(condensed):
     X2, y2 = Xt[:12], np.sign(Xt[:12, 0])
     ft = model.transfer(X2, y2, gamma=1.0, weight_decay=1.0, temperature=1.0, coupling=float("inf"))
     np.testing.assert_allclose(ft.Phi_, model.kernel(X2), rtol=1e-6)  # two quadrature paths
-    np.testing.assert_allclose(ft.predict(X2[:4]), ft.kernel(X2[:4], X2) @ ft.v_, rtol=1e-10)
+    np.testing.assert_allclose(ft.predict(X2[:4]), ft.kernel(X2[:4], X2) @ ft.v_, rtol=1e-6)
     with pytest.raises(NotImplementedError, match="condensate"):
         model.transfer(X2, y2, gamma=1.0, weight_decay=1.0, temperature=1.0, coupling=1.0)
 

@@ -20,11 +20,11 @@ Prints
 3. one elliptical-slice draw (the sampler at the solved ``v``) by the Numba kernel against a plain
    NumPy implementation vectorised over chains, and their ratio.
 
-ReLU at P = 200 solves up to gamma ~ 0.4 on this task; at gamma = 0.5 and 1 the solver stops with
-``EdgeOfNormalisabilityError`` (docs/adaptive.md, section 2). Measured on an idle 2-core machine
-(docs/adaptive.md, section 6): theory 8.2 s (MC error 0.0079); as accurate as the theory: N = 4000 x
-5000 steps, 56 s, ratio 6.8x; within 2 MC errors: 1.8x; ESS draw Numba vs NumPy 48x. The issue's
-target (>= 20x) is not met.
+ReLU at P = 200 solves inside the normalisable domain up to gamma ~ 0.5; at gamma = 1 the solution
+lies on its edge and carries a condensate (docs/adaptive.md, section 2). Measured on an idle 2-core
+machine (docs/adaptive.md, section 6): theory 2.97 s (MC error 0.0074); as accurate as the theory:
+N = 1000 x 20000 steps, 47.9 s, ratio 16.1x; within 2 MC errors: 3.6x; ESS draw Numba vs NumPy 56x.
+The issue's target (>= 20x) is not met.
 """
 
 from __future__ import annotations

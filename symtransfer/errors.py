@@ -59,7 +59,8 @@ class EdgeOfNormalisabilityError(ConvergenceError):
     Raised by :class:`~symtransfer.theory.adaptive.AdaptiveKernel` for linearly growing activations
     (e.g. ReLU) at strong feature learning: the tilted single-site measure approaches the edge
     ``2 c s^2 kappa(v) = 1`` of docs/adaptive.md eq. (A.3) while the saddle-point gradient stays
-    finite (docs/adaptive.md, section 2).
+    finite (docs/adaptive.md, section 2). With ``edge="raise"`` at that point; with the default
+    ``edge="condensate"`` only when the constrained solve on the edge (eq. (A.6)) fails.
 
     Attributes
     ----------

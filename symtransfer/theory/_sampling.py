@@ -246,49 +246,6 @@ def _mirror_upper(out):
             out[a, b] = out[b, a]
 
 
-@nb.njit(parallel=True)
-def gl_mean_split(phi, M, sig, kinks, t, w):
-    """``E[phi(M[i, a] + sig[a] xi)]`` for ``phi`` with kinks, ``xi ~ N(0, 1)`` truncated to ``|xi| <= 10``.
-
-    Gauss-Legendre (nodes ``t``, weights ``w`` on [-1, 1]) on the panels between the kinks of
-    ``phi`` mapped to ``xi``: each panel is smooth, so the rule converges spectrally where
-    Gauss-Hermite across a kink converges only algebraically (errors ~1e-2 for ReLU at 48 nodes).
-    """
-    n, nA = M.shape
-    nk = kinks.shape[0]
-    out = np.empty_like(M)
-    cuts = np.empty(nk + 2)
-    for i in nb.prange(n):
-        cuts = np.empty(nk + 2)
-        for a in range(nA):
-            m = M[i, a]
-            s = sig[a]
-            if s == 0.0:
-                out[i, a] = phi(m)
-                continue
-            cuts[0] = -10.0
-            c = 1
-            for k in range(nk):
-                z = (kinks[k] - m) / s
-                if -10.0 < z < 10.0:
-                    cuts[c] = z
-                    c += 1
-            cuts[c] = 10.0
-            c += 1
-            # kinks are sorted, so the mapped cuts are too (s > 0)
-            acc = 0.0
-            for p in range(c - 1):
-                lo = cuts[p]
-                hi = cuts[p + 1]
-                half = 0.5 * (hi - lo)
-                mid = 0.5 * (hi + lo)
-                for q in range(t.shape[0]):
-                    xi = mid + half * t[q]
-                    acc += half * w[q] * math.exp(-0.5 * xi * xi) * phi(m + s * xi)
-            out[i, a] = acc * 0.3989422804014327
-    return out
-
-
 @nb.njit(inline="always")
 def _kink_cuts(out, kinks, m, s, lim):
     """Write the kinks of ``phi(m + s xi)`` in ``xi`` inside ``(-lim, lim)``, sorted; return the count."""
@@ -322,6 +279,41 @@ def _panel_cuts(cuts, work, breaks, kinks, m, s):
             j += 1
         c += 1
     return c
+
+
+@nb.njit(parallel=True)
+def gl_mean_split(phi, M, sig, kinks, breaks, t, w):
+    """``E[phi(M[i, a] + sig[a] xi)]`` for ``phi`` with kinks, ``xi ~ N(0, 1)`` truncated to the outer ``breaks``.
+
+    Gauss-Legendre (nodes ``t``, weights ``w`` on [-1, 1]) on the panels between the fixed ``breaks``
+    and the kinks of ``phi`` mapped to ``xi``: each panel is smooth, so the rule converges spectrally
+    where Gauss-Hermite across a kink converges only algebraically (errors ~1e-2 for ReLU at 48 nodes).
+    """
+    n, nA = M.shape
+    nk = kinks.shape[0]
+    nbk = breaks.shape[0]
+    out = np.empty_like(M)
+    for i in nb.prange(n):
+        cuts = np.empty(nbk + nk)
+        work = np.empty(nk + 1)
+        for a in range(nA):
+            m = M[i, a]
+            s = sig[a]
+            if s == 0.0:
+                out[i, a] = phi(m)
+                continue
+            c = _panel_cuts(cuts, work, breaks, kinks, m, s)
+            acc = 0.0
+            for p in range(c - 1):
+                lo = cuts[p]
+                hi = cuts[p + 1]
+                half = 0.5 * (hi - lo)
+                mid = 0.5 * (hi + lo)
+                for q in range(t.shape[0]):
+                    xi = mid + half * t[q]
+                    acc += half * w[q] * math.exp(-0.5 * xi * xi) * phi(m + s * xi)
+            out[i, a] = acc * 0.3989422804014327
+    return out
 
 
 @nb.njit

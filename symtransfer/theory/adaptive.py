@@ -41,7 +41,7 @@ __all__ = ["AdaptiveKernel", "AdaptiveTransfer"]
 
 _N_GH = 48      # 1-D Gauss-Hermite nodes for conditional means
 _N_GH2 = 16     # per axis for conditional pair moments
-_N_GL = 40      # Gauss-Legendre nodes per smooth panel for activations with kinks
+_N_GL = 12      # Gauss-Legendre nodes per panel for activations with kinks (conditional means)
 _N_GL2 = 12     # per panel and axis for pair moments, on the panels between ...
 _GL_BREAKS = np.array([-8.0, 0.0, 8.0])  # ... these breaks and the kinks: < 1e-6 relative
 _N_GH_CV = 48   # per axis for the Gaussian-reference moments of the control variate
@@ -53,7 +53,8 @@ _KISH_FINAL = 0.9    # the answer is accepted only from samples drawn this close
 _FULL_STEP = 0.25   # squared Newton decrement below which full steps are taken
 _DIVERGED_SQ = 6.0   # mean |zeta|^2 / r above this: the chains run away (tilt not normalisable)
 _TAU_EDGE = 0.995    # 2 c s^2 kappa(v) this close to 1 counts as pressing against the edge (A.3)
-_POOL = 256          # directions kept for the normalisability estimate (they are the edge's cutting planes)
+_POOL = 64           # directions kept for the normalisability estimate; at the edge they are the
+_POOL_EDGE = 256     # cutting planes of the domain, and more are kept
 _TAU_CONDENSE = 0.98   # level of the edge constraint tau <= 1 in the condensate solve (section 2)
 _COARSE = 4          # the coarse stage of the solve keeps 1/_COARSE of the samples per chain ...
 _COARSE_MIN_KEEP = 16  # ... when that leaves at least this many
@@ -247,7 +248,7 @@ class _Rep:
             return apply_elementwise(self.phi, M)
         if self.kinks.size:
             t, w = np.polynomial.legendre.leggauss(_N_GL)
-            return _sampling.gl_mean_split(self.phi, M, sd, self.kinks, t, w)
+            return _sampling.gl_mean_split(self.phi, M, sd, self.kinks, _GL_BREAKS, t, w)
         nodes, wts = _gauss_hermite(_N_GH)
         return _sampling.gh_mean(self.phi, M, sd, nodes, wts)
 
@@ -567,6 +568,7 @@ def _newton_edge(draw, y, lam, c, tol, max_iter, v, ss, history, taus, n_draws):
         cvq = 0.0 if ss.cv is None else 0.5 * vv @ ss.cv @ vv
         return 0.5 * lam * vv @ vv - y @ vv + cvq + lnZ / (2.0 * c)
 
+    draw.pool_cap = _POOL_EDGE
     v = retract(v)
     for it in range(it0 + 1, it0 + max_iter + 1):
         w, s, lnZ, kish = _reweight(ss, v, c)
@@ -647,7 +649,8 @@ class _ESSDraw:
         self.used_is = False
         self.slopes = slopes
         self.has_edge = c > 0.0 and (slopes[0] != 0.0 or slopes[1] != 0.0)
-        self.pool = rng.standard_normal((64, r))  # candidate directions of steepest tilt growth
+        self.pool = rng.standard_normal((_POOL, r))  # candidate directions of steepest tilt growth
+        self.pool_cap = _POOL
         self._full = (n_burn, n_keep)
 
     def set_keep(self, n_keep):
@@ -674,7 +677,7 @@ class _ESSDraw:
             order = np.argsort(vals)[::-1]
             keep = [E[order[0]]]
             for i in order[1:]:
-                if len(keep) >= _POOL:
+                if len(keep) >= self.pool_cap:
                     break
                 if np.max(np.abs(np.asarray(keep) @ E[i])) < 0.999:
                     keep.append(E[i])

@@ -30,6 +30,7 @@ import math
 import os
 
 import numpy as np
+from scipy.optimize import nnls
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from .._validation import check_inputs, check_int, check_real, check_Xy
@@ -515,8 +516,6 @@ def _edge_qp(H, g, A, r):
     Solved through its dual, ``min_{mu >= 0} mu^T M mu / 2 + mu^T q`` with ``M = A H^-1 A^T`` and
     ``q = A H^-1 g + r``: a non-negative least-squares problem of the size of the active set.
     """
-    from scipy.optimize import nnls
-
     cho = np.linalg.cholesky(H)
     Hg = np.linalg.solve(cho.T, np.linalg.solve(cho, g))
     HA = np.linalg.solve(cho.T, np.linalg.solve(cho, A.T))
@@ -541,7 +540,6 @@ def _newton_edge(draw, y, lam, c, tol, max_iter, v, ss, history, taus, n_draws):
     neurons whose weights run off along ``e_j`` (the condensate). Returns :func:`_newton`'s tuple with
     ``(E, rho)``.
     """
-    P = len(y)
     b = math.sqrt(_TAU_CONDENSE / (2.0 * c * draw.s2))
     it0 = len(history)
     n_fail = 0

@@ -283,7 +283,7 @@ def test_relu_condensate_matches_langevin_simulation(condensed):
 def test_condensed_source_transfer(condensed):
     """Readout fine-tuning keeps the source's condensate features; joint training from such a source
     is not implemented and says so."""
-    model, X, _, Xt = condensed
+    model, _, _, Xt = condensed
     X2, y2 = Xt[:12], np.sign(Xt[:12, 0])
     ft = model.transfer(X2, y2, gamma=1.0, weight_decay=1.0, temperature=1.0, coupling=float("inf"))
     np.testing.assert_allclose(ft.Phi_, model.kernel(X2), rtol=1e-6)  # two quadrature paths

@@ -267,15 +267,22 @@ def _panel_cuts(cuts, work, breaks, kinks, m, s):
     the kinks of ``phi(m + s xi)``; return the count. Every panel is then smooth and a few units
     wide, where one panel across ``[-10, 10]`` needs ~40 nodes for 1e-12."""
     nk = _kink_cuts(work, kinks, m, s, breaks[breaks.shape[0] - 1])
+    return _merge(cuts, breaks, work, nk)
+
+
+@nb.njit(inline="always")
+def _merge(out, breaks, extra, n_extra):
+    """Merge the sorted ``breaks`` and the first ``n_extra`` (sorted) of ``extra`` into ``out``."""
+    nbk = breaks.shape[0]
     i = 0
     j = 0
     c = 0
-    while i < breaks.shape[0] or j < nk:
-        if j >= nk or (i < breaks.shape[0] and breaks[i] <= work[j]):
-            cuts[c] = breaks[i]
+    while i < nbk or j < n_extra:
+        if j >= n_extra or (i < nbk and breaks[i] <= extra[j]):
+            out[c] = breaks[i]
             i += 1
         else:
-            cuts[c] = work[j]
+            out[c] = extra[j]
             j += 1
         c += 1
     return c
@@ -339,17 +346,7 @@ def _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, breaks, t, wt, a, b0, out):
                 nka = _kink_cuts(k1, kinks, ma, SA[a], lim)
                 nka += _kink_cuts(k1[nka:], kinks, mb, beta, lim)
                 k1[:nka].sort()
-                na = 0
-                i1 = 0
-                j1 = 0
-                while i1 < nbk or j1 < nka:
-                    if j1 >= nka or (i1 < nbk and breaks[i1] <= k1[j1]):
-                        c1[na] = breaks[i1]
-                        i1 += 1
-                    else:
-                        c1[na] = k1[j1]
-                        j1 += 1
-                    na += 1
+                na = _merge(c1, breaks, k1, nka)
             else:
                 na = _panel_cuts(c1, k1, breaks, kinks, ma, SA[a])
             outer = 0.0

@@ -132,32 +132,61 @@ def test_small_gamma_sampler_approaches_nngp_ridge(act):
     (-2.0, 1.0, 0.7, 2.5, -1.2),
     (1.2, 1.2, 1.5, 1.5, 2.2),
 ])
-def test_conditional_quadrature_with_kinks_is_accurate(mA, mB, sA, sB, rho):
+@pytest.mark.parametrize("closed_form", [False, True])
+def test_conditional_quadrature_with_kinks_is_accurate(mA, mB, sA, sB, rho, closed_form):
     """Gaussian moments of ReLU with nonzero mean: closed forms / adaptive 2-D integration vs the
-    split Gauss-Legendre rules used for conditional kernels and the control variate."""
+    split Gauss-Legendre rules used for conditional kernels and the control variate, both for a
+    generic kinked phi (quadrature on both axes) and with the piecewise-linear closed form inside."""
     from scipy import integrate
     from scipy.stats import multivariate_normal, norm
 
     from symtransfer.theory import _sampling
+    from symtransfer.theory.adaptive import _kinks
 
-    phi = Activation("relu").compile().phi
-    kinks = np.array([0.0])
+    act = Activation("relu")
+    phi = act.compile().phi
+    info = _kinks(act)
+    np.testing.assert_array_equal(info.pa, [0.0, 1.0])
+    np.testing.assert_array_equal(info.pb, [0.0, 0.0])
+    kinks = info.loc
+    pa, pb = (info.pa, info.pb) if closed_form else (np.zeros(0), np.zeros(0))
     t, w = np.polynomial.legendre.leggauss(_N_GL)
     m, s = np.array([[0.3, -0.5, 1.0, mA, mB]]), np.array([1.0, 2.0, 0.5, sA, sB])
-    got = _sampling.gl_mean_split(phi, m, s, kinks, _GL_BREAKS, t, w)[0]
+    got = _sampling.gl_mean_split(phi, m, s, kinks, _GL_BREAKS, t, w, pa, pb)[0]
     r = m[0] / s
     # on the scale sqrt(E[u^2]) of the feature
     assert np.all(np.abs(got - (m[0] * norm.cdf(r) + s * norm.pdf(r))) <= 2e-6 * np.hypot(m[0], s))
     # pair moment E[relu(u) relu(u')] = E[u u' 1{u>0, u'>0}], by 2-D adaptive integration of the density
     t2, w2 = np.polynomial.legendre.leggauss(_N_GL2)
     got2 = _sampling.gl_pair_split(phi, np.array([[mA]]), np.array([[mB]]), np.array([sA]), np.array([sB]),
-                                   np.array([[rho]]), np.array([1.0]), kinks, _GL_BREAKS, t2, w2)[0, 0]
+                                   np.array([[rho]]), np.array([1.0]), kinks, _GL_BREAKS, t2, w2, pa, pb)[0, 0]
     dens = multivariate_normal([mA, mB], [[sA**2, rho], [rho, sB**2]])
     hiA, hiB = mA + 12 * sA, mB + 12 * sB
     ref = integrate.dblquad(lambda b, a: a * b * dens.pdf([a, b]), 0, max(hiA, 0), 0, max(hiB, 0),
                             epsabs=1e-12, epsrel=1e-10)[0]
     # on the scale of the kernel entries, sqrt(E[u^2] E[u'^2])
     assert abs(got2 - ref) <= 2e-6 * math.sqrt((mA**2 + sA**2) * (mB**2 + sB**2))
+
+
+@pytest.mark.parametrize("expr, pieces", [
+    ("relu", ([0.0, 1.0], [0.0, 0.0])),
+    ("Max(0.1*x, x)", ([0.1, 1.0], [0.0, 0.0])),
+    ("Min(Max(x, -1), 1)", ([0.0, 1.0, 0.0], [-1.0, 0.0, 1.0])),
+    ("Abs(x)", ([-1.0, 1.0], [0.0, 0.0])),
+    ("Max(0, tanh(x))", None),
+    ("tanh", None),
+])
+def test_piecewise_linear_detection(expr, pieces):
+    """Closed forms are used exactly for piecewise-linear activations; kinked nonlinear and smooth
+    ones keep quadrature."""
+    from symtransfer.theory.adaptive import _kinks
+
+    info = _kinks(Activation(expr))
+    if pieces is None:
+        assert info.pa.size == 0
+    else:
+        np.testing.assert_allclose(info.pa, pieces[0], atol=1e-14)
+        np.testing.assert_allclose(info.pb, pieces[1], atol=1e-14)
 
 
 # ------------------------------------------------------------------ transfer limits

@@ -288,13 +288,41 @@ def _merge(out, breaks, extra, n_extra):
     return c
 
 
+@nb.njit(inline="always")
+def _pl_mean(m, s, kinks, pa, pb):
+    """``E[phi(m + s xi)]``, ``xi ~ N(0, 1)``, for piecewise-linear ``phi = pa[i] u + pb[i]`` between
+    the sorted ``kinks`` (``len(pa) = len(kinks) + 1``): normal CDF and density per piece, exact."""
+    if s <= 0.0:
+        i = 0
+        while i < kinks.shape[0] and m > kinks[i]:
+            i += 1
+        return pa[i] * m + pb[i]
+    acc = 0.0
+    cdf_lo = 0.0
+    pdf_lo = 0.0
+    for i in range(pa.shape[0]):
+        if i < kinks.shape[0]:
+            z = (kinks[i] - m) / s
+            cdf_hi = 0.5 * math.erfc(-z * 0.7071067811865476)
+            pdf_hi = 0.3989422804014327 * math.exp(-0.5 * z * z)
+        else:
+            cdf_hi = 1.0
+            pdf_hi = 0.0
+        acc += (pa[i] * m + pb[i]) * (cdf_hi - cdf_lo) + pa[i] * s * (pdf_lo - pdf_hi)
+        cdf_lo = cdf_hi
+        pdf_lo = pdf_hi
+    return acc
+
+
 @nb.njit(parallel=True)
-def gl_mean_split(phi, M, sig, kinks, breaks, t, w):
+def gl_mean_split(phi, M, sig, kinks, breaks, t, w, pa, pb):
     """``E[phi(M[i, a] + sig[a] xi)]`` for ``phi`` with kinks, ``xi ~ N(0, 1)`` truncated to the outer ``breaks``.
 
     Gauss-Legendre (nodes ``t``, weights ``w`` on [-1, 1]) on the panels between the fixed ``breaks``
     and the kinks of ``phi`` mapped to ``xi``: each panel is smooth, so the rule converges spectrally
     where Gauss-Hermite across a kink converges only algebraically (errors ~1e-2 for ReLU at 48 nodes).
+    A piecewise-linear ``phi`` (pieces ``pa``, ``pb`` non-empty, see :func:`_pl_mean`) is integrated
+    in closed form instead.
     """
     n, nA = M.shape
     nk = kinks.shape[0]
@@ -308,6 +336,9 @@ def gl_mean_split(phi, M, sig, kinks, breaks, t, w):
             s = sig[a]
             if s == 0.0:
                 out[i, a] = phi(m)
+                continue
+            if pa.shape[0] > 0:
+                out[i, a] = _pl_mean(m, s, kinks, pa, pb)
                 continue
             c = _panel_cuts(cuts, work, breaks, kinks, m, s)
             acc = 0.0
@@ -324,7 +355,7 @@ def gl_mean_split(phi, M, sig, kinks, breaks, t, w):
 
 
 @nb.njit
-def _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, breaks, t, wt, a, b0, out):
+def _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, breaks, t, wt, pa, pb, a, b0, out):
     """Row ``a`` of :func:`gl_pair_split`, columns ``b0..nB-1``."""
     n = MA.shape[0]
     nk = kinks.shape[0]
@@ -359,6 +390,9 @@ def _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, breaks, t, wt, a, b0, out):
                     fa = phi(ma + SA[a] * x1)
                     if tau == 0.0:
                         outer += g1 * fa * phi(mb + beta * x1)
+                    elif pa.shape[0] > 0:
+                        # piecewise-linear phi: the inner Gaussian integral in closed form
+                        outer += g1 * fa * _pl_mean(mb + beta * x1, tau, kinks, pa, pb)
                     else:
                         mb1 = mb + beta * x1
                         nb_ = _panel_cuts(c2, k2, breaks, kinks, mb1, tau)
@@ -375,18 +409,19 @@ def _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, breaks, t, wt, a, b0, out):
 
 
 @nb.njit(parallel=True)
-def gl_pair_split(phi, MA, MB, SA, SB, RAB, w, kinks, breaks, t, wt, sym=False):
+def gl_pair_split(phi, MA, MB, SA, SB, RAB, w, kinks, breaks, t, wt, pa, pb, sym=False):
     """:func:`gh_pair` for ``phi`` with kinks: Gauss-Legendre on panels between the fixed ``breaks``
-    (standardised units, sorted; the outer two truncate) and the kinks, both axes."""
+    (standardised units, sorted; the outer two truncate) and the kinks, both axes. For piecewise-linear
+    ``phi`` (``pa``, ``pb`` non-empty) the inner integral is exact (:func:`_pl_mean`)."""
     nA = MA.shape[1]
     out = np.zeros((nA, MB.shape[1]))
     if not sym:
         for a in nb.prange(nA):
-            _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, breaks, t, wt, a, 0, out)
+            _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, breaks, t, wt, pa, pb, a, 0, out)
         return out
     for k in nb.prange((nA + 1) // 2):
-        _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, breaks, t, wt, k, k, out)
+        _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, breaks, t, wt, pa, pb, k, k, out)
         if nA - 1 - k != k:
-            _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, breaks, t, wt, nA - 1 - k, nA - 1 - k, out)
+            _gl_row(phi, MA, MB, SA, SB, RAB, w, kinks, breaks, t, wt, pa, pb, nA - 1 - k, nA - 1 - k, out)
     _mirror_upper(out)
     return out

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from typing import NamedTuple
 
 import numpy as np
 from scipy.optimize import nnls
@@ -116,6 +117,7 @@ def _complement_basis(V, X, tol=1e-10):
     return np.ascontiguousarray(U[:, S > tol * scale])
 
 
+@functools.lru_cache(maxsize=64)
 def _asymptotic_slopes(act):
     """Slopes ``(a+, a-)`` of ``phi(x) ~ a+- x`` at ``x -> +-inf`` (zero for bounded ``phi``).
 
@@ -168,9 +170,43 @@ def _kappa(v, L, slopes, starts, n_ascent=20):
     return float(bestf.max()), bestE, bestf
 
 
+class _Kinks(NamedTuple):
+    """Sorted kink locations of ``phi`` and, when ``phi`` is piecewise linear (ReLU, leaky ReLU, hard
+    tanh, ...), slope ``pa[i]`` and intercept ``pb[i]`` of each piece (empty arrays otherwise): Gaussian
+    expectations of such ``phi`` are closed forms (:func:`symtransfer.theory._sampling._pl_mean`)."""
+
+    loc: np.ndarray
+    pa: np.ndarray
+    pb: np.ndarray
+
+
+_NO_KINKS = _Kinks(np.zeros(0), np.zeros(0), np.zeros(0))
+
+
+@functools.lru_cache(maxsize=64)
 def _kinks(act):
-    """Sorted kink locations of ``phi`` (empty for smooth activations)."""
-    return np.asarray(act.kinks, dtype=np.float64)
+    """:class:`_Kinks` of an activation (linearity checked at three interior points of each piece and
+    far out on the unbounded ones)."""
+    loc = np.sort(np.asarray(act.kinks, dtype=np.float64))
+    if loc.size == 0:
+        return _NO_KINKS
+    edges = np.concatenate([[loc[0] - 4.0], loc, [loc[-1] + 4.0]])
+    pa, pb = [], []
+    for i in range(loc.size + 1):
+        lo, hi = edges[i], edges[i + 1]
+        pts = lo + (hi - lo) * np.array([0.25, 0.5, 0.75])
+        if i == 0:
+            pts = np.append(pts, loc[0] - 1e3)
+        if i == loc.size:
+            pts = np.append(pts, loc[-1] + 1e3)
+        vals = np.asarray(act(pts), dtype=np.float64)
+        a = (vals[1] - vals[0]) / (pts[1] - pts[0])
+        b = vals[0] - a * pts[0]
+        if not np.allclose(vals, a * pts + b, rtol=1e-12, atol=1e-12):
+            return _Kinks(loc, np.zeros(0), np.zeros(0))
+        pa.append(a)
+        pb.append(b)
+    return _Kinks(loc, np.array(pa), np.array(pb))
 
 
 def _gauss_pair_moments(phi, kinks, mA, mB, R, sA, sB, sym=False):
@@ -181,9 +217,10 @@ def _gauss_pair_moments(phi, kinks, mA, mB, R, sA, sB, sym=False):
     one = np.ones(1)
     mA, mB = np.ascontiguousarray(mA[None, :]), np.ascontiguousarray(mB[None, :])
     R = np.ascontiguousarray(R)
-    if kinks.size:
+    if kinks.loc.size:
         t, wt = np.polynomial.legendre.leggauss(_N_GL2)
-        return _sampling.gl_pair_split(phi, mA, mB, sA, sB, R, one, kinks, _GL_BREAKS, t, wt, sym)
+        return _sampling.gl_pair_split(phi, mA, mB, sA, sB, R, one, kinks.loc, _GL_BREAKS, t, wt, kinks.pa,
+                                       kinks.pb, sym)
     nodes, wts = _gauss_hermite(_N_GH_CV)
     return _sampling.gh_pair(phi, mA, mB, sA, sB, R, one, nodes, wts, sym)
 
@@ -247,9 +284,10 @@ class _Rep:
         M = self.means(X)
         if not np.any(sd > 0.0):
             return apply_elementwise(self.phi, M)
-        if self.kinks.size:
+        if self.kinks.loc.size:
             t, w = np.polynomial.legendre.leggauss(_N_GL)
-            return _sampling.gl_mean_split(self.phi, M, sd, self.kinks, _GL_BREAKS, t, w)
+            return _sampling.gl_mean_split(self.phi, M, sd, self.kinks.loc, _GL_BREAKS, t, w, self.kinks.pa,
+                                           self.kinks.pb)
         nodes, wts = _gauss_hermite(_N_GH)
         return _sampling.gh_mean(self.phi, M, sd, nodes, wts)
 
@@ -267,10 +305,11 @@ class _Rep:
             FA = self.features(XA)
             FB = FA if XB is XA else self.features(XB)
             return FA.T @ (self.weff[:, None] * FB) + self.qkernel(XA, XB)
-        if self.kinks.size:
+        if self.kinks.loc.size:
             t, wt = np.polynomial.legendre.leggauss(_N_GL2)
             return _sampling.gl_pair_split(self.phi, self.means(XA), self.means(XB), sA, sB, R, self.weff,
-                                           self.kinks, _GL_BREAKS, t, wt, XB is XA) + self.qkernel(XA, XB)
+                                           self.kinks.loc, _GL_BREAKS, t, wt, self.kinks.pa, self.kinks.pb,
+                                           XB is XA) + self.qkernel(XA, XB)
         nodes, wts = _gauss_hermite(_N_GH2)
         return _sampling.gh_pair(self.phi, self.means(XA), self.means(XB), sA, sB, R,
                                  self.weff, nodes, wts, XB is XA) + self.qkernel(XA, XB)
@@ -641,7 +680,7 @@ class _ESSDraw:
         self.A = math.sqrt(s2) * np.eye(r)
         self.mu_ref = self.mu_prior.copy()
         self.z_last = None
-        self.kinks = np.zeros(0) if kinks is None else kinks
+        self.kinks = _NO_KINKS if kinks is None else kinks
         # i.i.d. reference draws for importance sampling with a control variate (one task only)
         self.is_normals = None if quenched else rng.standard_normal((C * n_keep, r))
         self.used_is = False

@@ -833,6 +833,16 @@ def _batch_weights(w, u, idx):
     return wb - (ub / ub.sum() if ub.sum() > 0 else ub)
 
 
+def _batch_weight_matrix(w, u, batch, n_batches):
+    """Row ``b``: :func:`_batch_weights` of batch ``b`` spread over all samples (zeros elsewhere)."""
+    ws = np.bincount(batch, weights=w, minlength=n_batches)
+    us = np.bincount(batch, weights=u, minlength=n_batches)
+    per = w / ws[batch] - np.where(us[batch] > 0, u / np.where(us[batch] > 0, us[batch], 1.0), u)
+    out = np.zeros((n_batches, len(w)))
+    out[batch, np.arange(len(w))] = per
+    return out
+
+
 def _batch_stderr(psi, w, u, batch, n_batches):
     """Standard error of the kernel estimate from batch means (batches are independent chains)."""
     P = psi.shape[1]
@@ -933,18 +943,15 @@ class _AdaptiveBase:
             HA = Hinv @ A.T
             Sinv = np.linalg.pinv(A @ HA)
             Fc = self._cond_features(X) * np.sign(self._cond_features(self.X_).T @ v)[None, :]
-        dev = np.empty((B, nt))
-        for b in range(B):
-            idx = rep.batch == b
-            wb = _batch_weights(w, rep.u, idx)
-            dkv = wb @ Fs[idx] - kv
-            dPhiv = psi[idx].T @ (wb * s[idx]) - Phiv
-            u = Hinv @ dPhiv
-            if self._kkt is None:
-                dev[b] = dkv - J @ u
-            else:
-                dmu = -Sinv @ (A @ u)
-                dev[b] = dkv - J @ (u + HA @ dmu) + Fc @ dmu
+        # every batch's own estimate at once: rows of Wb are the batches' weights
+        Wb = _batch_weight_matrix(w, rep.u, rep.batch, B)
+        dkv = Wb @ Fs - kv
+        U = ((Wb * s) @ psi - Phiv) @ Hinv.T
+        if self._kkt is None:
+            dev = dkv - U @ J.T
+        else:
+            dmu = -(U @ A.T) @ Sinv.T
+            dev = dkv - (U + dmu @ HA.T) @ J.T + dmu @ Fc.T
         return np.sqrt(np.sum(dev**2, axis=0) / (B * (B - 1)))
 
     def test_error(self, X, y):

@@ -23,9 +23,9 @@ Prints
 
 ReLU at P = 200 solves inside the normalisable domain up to gamma ~ 0.5; at gamma = 1 the solution
 lies on its edge and carries a condensate (docs/adaptive.md, section 2). Measured on an idle 2-core
-machine (docs/adaptive.md, section 6): theory 2.97 s (MC error 0.0074); as accurate as the theory:
-N = 1000 x 20000 steps, 47.9 s, ratio 16.1x; within 2 MC errors: 3.6x; ESS draw Numba vs NumPy 56x.
-The issue's target (>= 20x) is not met.
+machine (docs/adaptive.md, section 6): theory 2.71 s (median of 3; MC error 0.0074); as accurate as
+the theory: N = 1000 x 20000 steps, 52.9 s, ratio 19.5x; within 2 MC errors: 4.7x; ESS draw Numba vs
+NumPy 49x. The issue's target (>= 20x) is not met, if only just.
 """
 
 from __future__ import annotations

@@ -476,11 +476,15 @@ def _newton(draw, y, lam, c, tol, max_iter, v0=None, condense=True):
     def energy(vv, lnZ):
         # the control variate shifts Phi by a constant matrix: its potential is 1/2 v^T cv v
         cvq = 0.0 if ss.cv is None else 0.5 * vv @ ss.cv @ vv
-        return 0.5 * lam * vv @ vv - y @ vv + cvq + (lnZ / (2.0 * c) if c > 0.0 else 0.0)
+        ext = 0.0 if draw.extra is None else draw.extra.energy(vv)
+        return 0.5 * lam * vv @ vv - y @ vv + cvq + ext + (lnZ / (2.0 * c) if c > 0.0 else 0.0)
 
     for it in range(1, max_iter + 1):
         w, s, lnZ, kish = _reweight(ss, v, c)
         Phi, g, H = _moments(ss, v, w, s, c, lam, y)
+        if draw.extra is not None:
+            K = draw.extra.kernel(v)
+            Phi, g, H = Phi + K, g + K @ v, H + draw.extra.hessian(v)
         # the kernel residual alone vanishes at any v when the tilt is weak: include the dual equation
         res = float(np.linalg.norm(g) / max(np.linalg.norm(y), 1e-300))
         if res < tol:
@@ -488,6 +492,11 @@ def _newton(draw, y, lam, c, tol, max_iter, v0=None, condense=True):
             # evaluated only once the dual equation holds; before that res >= tol anyway)
             vp = np.linalg.solve(Phi + lam * np.eye(P), y)
             Phip = _gram(ss.psi, _reweight(ss, vp, c)[0]) + (0.0 if ss.cv is None else ss.cv)
+            if draw.extra is not None:
+                try:
+                    Phip = Phip + draw.extra.kernel(vp)
+                except _Diverged:
+                    Phip = np.full_like(Phi, np.inf)
             res = max(res, float(np.linalg.norm(Phip - Phi) / max(np.linalg.norm(Phi), 1e-300)))
         history.append(res)
         tau_now = draw.tau(v)
@@ -603,13 +612,17 @@ def _newton_edge(draw, y, lam, c, tol, max_iter, v, ss, history, taus, n_draws):
 
     def energy(vv, lnZ):
         cvq = 0.0 if ss.cv is None else 0.5 * vv @ ss.cv @ vv
-        return 0.5 * lam * vv @ vv - y @ vv + cvq + lnZ / (2.0 * c)
+        ext = 0.0 if draw.extra is None else draw.extra.energy(vv)
+        return 0.5 * lam * vv @ vv - y @ vv + cvq + ext + lnZ / (2.0 * c)
 
     draw.pool_cap = _POOL_EDGE
     v = retract(v)
     for it in range(it0 + 1, it0 + max_iter + 1):
         w, s, lnZ, kish = _reweight(ss, v, c)
         Phi, g, H = _moments(ss, v, w, s, c, lam, y)
+        if draw.extra is not None:
+            K = draw.extra.kernel(v)
+            Phi, g, H = Phi + K, g + K @ v, H + draw.extra.hessian(v)
         Ecrit, F = draw.critical(v, 0.8 * _TAU_CONDENSE)
         sig = np.sign(F @ v)
         A = sig[:, None] * F
@@ -658,6 +671,108 @@ def _newton_edge(draw, y, lam, c, tol, max_iter, v, ss, history, taus, n_draws):
         f"constrained Newton iterations", history, taus)
 
 
+class _SourceCondensate:
+    """Target-side image of a source condensate in jointly rich transfer (docs/adaptive.md, eq. (A.7)).
+
+    A source neuron ``w1 = t u_j`` (``t -> inf``, measure ``eps`` with ``eps t^2 = rho_j``) has the
+    target conditional ``w2 = t (m u_j + delta) + O(1)``, where ``delta`` maximises
+    ``F_j(delta) = -|delta|^2 / (2 s_c^2) + c2 (v . phi_inf(X2 (m u_j + delta) / sqrt(D)))^2`` (Laplace
+    at large ``t``; only ``delta`` in the span of ``X2`` matters). It adds ``rho_j F_j*(v) / (2 c2)`` to
+    the target potential (A.1), whose gradient is ``rho_j (a_j . v) a_j`` with
+    ``a_j = phi_inf(X2 (m u_j + delta*) / sqrt(D))``: a kernel ``sum_j rho_j a_j a_j^T``.
+    """
+
+    def __init__(self, W, rho, slopes, X2, L2, V2, m, s2c, c2):
+        self.h0 = m * (X2 @ W.T) / math.sqrt(X2.shape[1])   # (P2, J) preactivations of m u_j
+        self.W, self.rho, self.slopes = W, rho, slopes
+        self.L2, self.V2, self.m, self.s2c, self.c2 = L2, V2, m, s2c, c2
+
+    def solve(self, v):
+        """``(A, F, Z, exact)``: rows ``a_j``, values ``F_j*``, maximisers ``delta_j`` (span
+        coordinates) and whether every maximiser was found as a consistent stationary point; ``None``
+        when some ``F_j`` is unbounded (the target tilt beats its prior along ``delta``).
+
+        For a fixed sign pattern of the preactivations ``F_j`` is a quadratic with maximiser
+        ``alpha g``; the pattern is iterated to a fixed point. When it cycles, the maximiser lies on
+        the kink hyperplanes of the flipping preactivations: those are pinned to zero and the
+        quadratic is maximised on their intersection (Lagrange multipliers).
+        """
+        ap, am = self.slopes
+        k = 2.0 * self.c2 * self.s2c
+        L2, s2c = self.L2, self.s2c
+        J = self.h0.shape[1]
+        A, F, Z = np.empty((J, len(v))), np.empty(J), np.empty((J, L2.shape[1]))
+        exact = True
+        for j in range(J):
+            h0 = self.h0[:, j]
+            d = np.where(h0 >= 0.0, ap, am)
+            pinned = np.zeros(len(v), dtype=bool)
+            seen = set()
+            done = False
+            a0 = h0 * np.where(h0 > 0.0, ap, am)
+            best = (self.c2 * (v @ a0) ** 2, a0, np.zeros(L2.shape[1]))   # delta = 0
+            for _ in range(100):
+                dv = np.where(pinned, 0.0, d * v)
+                g = L2.T @ dv
+                beta = dv @ h0
+                if 1.0 - k * (g @ g) <= 0.0:
+                    return None
+                if pinned.any():
+                    Ls = L2[pinned]
+                    Lg = Ls @ g
+                    M = np.block([[np.array([[1.0 - k * (g @ g)]]), -s2c * Lg[None, :]],
+                                  [k * Lg[:, None], s2c * Ls @ Ls.T]])
+                    x = np.linalg.lstsq(M, np.concatenate([[beta], -h0[pinned]]), rcond=None)[0]
+                    z = k * x[0] * g + s2c * Ls.T @ x[1:]
+                else:
+                    z = (k * beta / (1.0 - k * (g @ g))) * g
+                pre = L2 @ z + h0
+                pre[pinned] = 0.0
+                a = pre * np.where(pre > 0.0, ap, am)
+                val = -(z @ z) / (2.0 * s2c) + self.c2 * (v @ a) ** 2
+                if val > best[0]:
+                    best = (val, a, z)
+                d_new = np.where(pinned, d, np.where(pre > 0.0, ap, am))
+                if np.array_equal(d_new, d):
+                    done = True
+                    break
+                key = d_new.tobytes() + pinned.tobytes()
+                if key in seen:
+                    pinned |= d_new != d           # a cycle: the maximiser sits on these kinks
+                seen.add(key)
+                d = d_new
+            # the last stationary point must be the best point seen, else it is no maximiser
+            exact = exact and done and best[0] <= val + 1e-12 * max(abs(val), 1.0)
+            F[j], A[j], Z[j] = best
+        return A, F, Z, exact
+
+    def kernel(self, v):
+        sol = self.solve(v)
+        if sol is None:
+            raise _Diverged()
+        A = sol[0]
+        return (A.T * self.rho) @ A
+
+    def hessian(self, v):
+        """Hessian of the extra potential, ``K + rho (v . a) da/dv`` (central differences of the
+        gradient ``K(v) v``: ``delta*`` moves with ``v``, and ``P2`` gradients are cheap)."""
+        h = 1e-6 * max(float(np.linalg.norm(v)), 1.0)
+        out = np.empty((len(v), len(v)))
+        for i in range(len(v)):
+            e = np.zeros(len(v))
+            e[i] = h
+            out[:, i] = (self.kernel(v + e) @ (v + e) - self.kernel(v - e) @ (v - e)) / (2.0 * h)
+        return 0.5 * (out + out.T)
+
+    def energy(self, v):
+        sol = self.solve(v)
+        return np.inf if sol is None else float(self.rho @ sol[1]) / (2.0 * self.c2)
+
+    def directions(self, v):
+        """Target weight directions ``m u_j + V2 delta_j`` of the image neurons (for test inputs)."""
+        return self.m * self.W + self.solve(v)[2] @ self.V2.T
+
+
 class _ESSDraw:
     """Draws the tilted measure with common random numbers; adapts the Gaussian reference.
 
@@ -688,6 +803,7 @@ class _ESSDraw:
         self.has_edge = c > 0.0 and (slopes[0] != 0.0 or slopes[1] != 0.0)
         self.pool = rng.standard_normal((_POOL, r))  # candidate directions of steepest tilt growth
         self.pool_cap = _POOL
+        self.extra = None   # a _SourceCondensate, for transfer from a condensed source
         self._full = (n_burn, n_keep)
 
     def set_keep(self, n_keep):
@@ -991,23 +1107,27 @@ class _AdaptiveBase:
         E, rho = cond
         self._cond = (np.ascontiguousarray(E @ V.T), rho, slopes)
         self.condensate_weights_ = rho
-        self.Phi_ = self.Phi_ + self._cond_kernel(self.X_, self.X_)
         Fc = self._cond_features(self.X_)
+        self.Phi_ = self.Phi_ + (Fc * rho) @ Fc.T
         self._kkt = (Fc * np.sign(Fc.T @ self.v_)[None, :]).T   # active slabs sigma_j a_j, rows
 
-    def _cond_features(self, X):
-        """``phi_inf(h_j(x))`` of the condensate directions: those weights are infinitely long, so only
-        the asymptotic slopes of ``phi`` and the part of ``x`` in the training span matter."""
-        W, _, (ap, am) = self._cond
+    def _cond_features(self, X, cond=None):
+        """``phi_inf(h_j(x))`` of the condensate directions (own, or ``cond``): those weights are
+        infinitely long, so only the asymptotic slopes of ``phi`` and the part of ``x`` in the
+        training span matter."""
+        W, _, (ap, am) = self._cond if cond is None else cond
         H = X @ W.T / math.sqrt(X.shape[1])
         return H * np.where(H > 0.0, ap, am)
 
     def _cond_kernel(self, XA, XB):
-        if self._cond is None:
-            return 0.0
-        FA = self._cond_features(XA)
-        FB = FA if XB is XA else self._cond_features(XB)
-        return (FA * self._cond[1]) @ FB.T
+        """Kernel of the own condensate and of the source's (transfer, eqs. (A.6), (A.7))."""
+        out = 0.0
+        for cond in (self._cond, getattr(self, "_cond_src", None)):
+            if cond is not None:
+                FA = self._cond_features(XA, cond)
+                FB = FA if XB is XA else self._cond_features(XB, cond)
+                out = out + (FA * cond[1]) @ FB.T
+        return out
 
     def _set_from_samples(self, rep, psi, Phi, v, H, c, n_groups):
         self._rep, self._psi, self._H, self._c, self._n_groups = rep, psi, H, c, n_groups
@@ -1157,6 +1277,7 @@ class AdaptiveKernel(_AdaptiveBase):
         self._exact = None
         self._rep = None
         self._cond, self._kkt, self.condensate_weights_ = None, None, np.zeros(0)
+        self._cond_src = None
         P = X.shape[0]
         if self.method == "auto" and act.name == "linear":
             from .linear import LinearTheory
@@ -1218,6 +1339,7 @@ class AdaptiveKernel(_AdaptiveBase):
         coupling : float, >= 0 or inf
             ``delta``: ``inf`` is readout fine-tuning on the source features (kernel ridge regression
             with the source kernel), ``0`` is training from scratch, anything between is jointly rich.
+            A source condensate (eq. (A.6)) enters the target through its image (eq. (A.7)).
         n_samples : int, optional
             Target Monte Carlo samples (default: the source's ``n_samples``).
         n_inner : int
@@ -1274,6 +1396,7 @@ class AdaptiveTransfer(_AdaptiveBase):
         self._exact = None
         self._rep = None
         self._cond, self._kkt, self.condensate_weights_ = None, None, np.zeros(0)
+        self._cond_src = None
         P2 = X2.shape[0]
         if math.isinf(delta):
             self.m_, self.s2c_ = 1.0, 0.0
@@ -1293,27 +1416,21 @@ class AdaptiveTransfer(_AdaptiveBase):
                                      n_chains=src.n_chains, tol=src.tol, max_iter=src.max_iter,
                                      method=src.method, edge=src.edge, seed=seed).fit(X2, y2)
             for k in ("Phi_", "v_", "Phi_stderr_", "mc_error_", "converged_", "n_iter_", "n_draws_",
-                      "residuals_", "residual_", "_rep", "_psi", "_H", "_c", "_n_groups", "_cond", "_kkt",
+                      "residuals_", "residual_", "_rep", "_psi", "_H", "_c", "_n_groups", "_cond", "_kkt", "_cond_src",
                       "condensate_weights_"):
                 if hasattr(scratch, k):
                     setattr(self, k, getattr(scratch, k))
             self._exact = scratch._exact
             return self
-        if src._cond is not None and not math.isinf(delta):
-            raise NotImplementedError(
-                "jointly rich transfer from a source with a condensate (ReLU source beyond the edge of "
-                "normalisability, docs/adaptive.md section 2) is not implemented; readout fine-tuning "
-                "(coupling=inf) and training from scratch (coupling=0) are")
         rep1 = src._source_rep(X2, n_samples, seed)
         if math.isinf(delta):
             # w2 = w1: only the readout learns, kernel ridge regression with the source kernel
             psi = apply_elementwise(act.compile().phi, rep1.means(X2))
-            self._cond = src._cond  # the source's condensate neurons keep their features too
+            self._cond_src = src._cond  # the source's condensate neurons keep their features too
             Phi = psi.T @ (rep1.weff[:, None] * psi) + rep1.qkernel(X2, X2) + self._cond_kernel(X2, X2)
             Phi = 0.5 * (Phi + Phi.T)
             v = np.linalg.solve(Phi + lam * np.eye(P2), y2)
             self._set_from_samples(rep1, psi, Phi, v, Phi + lam * np.eye(P2), 0.0, n_groups=1)
-            self.condensate_weights_ = np.zeros(0) if src._cond is None else src._cond[1]
             self._set_no_solver()
             return self
         # jointly rich: w2 | w1 ~ N(m w1, s_c^2 I) tilted by exp(c2 (v2.phi(h2))^2), quenched over w1
@@ -1332,6 +1449,10 @@ class AdaptiveTransfer(_AdaptiveBase):
         mu_prior = m * (W1 @ V2)
         draw = _ESSDraw(L2, s2c, c2, act.compile().phi, _asymptotic_slopes(act), mu_prior, n_burn=max(n_inner, 8), n_keep=n_inner,
                         quenched=True, seed=seed)
+        if src._cond is not None:
+            # the source's runaway neurons drag their target weights along (eq. (A.7))
+            W, rho, slopes = src._cond
+            draw.extra = _SourceCondensate(W, rho, slopes, X2, L2, V2, m, s2c, c2)
         v, ss, w, Phi, H, hist, n_iter, n_draws, cond = _solve(draw, y2, lam, c2, src.tol, src.max_iter,
                                                                condense=src.edge == "condensate")
         W1_perp = W1 - (W1 @ V2) @ V2.T
@@ -1341,8 +1462,10 @@ class AdaptiveTransfer(_AdaptiveBase):
         batch = np.repeat(np.arange(n_outer) * n_batches // n_outer, n_inner)
         rep = _Rep(Wk, w, batch, n_batches, [(m * m * coef1, V12), (s2c, V2)], act.compile().phi,
                    _kinks(act))
-        self._set_from_samples(rep, ss.psi, Phi, v, H, c2, n_groups=n_outer)
+        self._set_from_samples(rep, ss.psi, Phi, v, H, c2, n_groups=n_outer)   # Phi: with the image
         self._set_condensate(cond, V2, _asymptotic_slopes(act))
+        if draw.extra is not None:
+            self._cond_src = (draw.extra.directions(v), draw.extra.rho, draw.extra.slopes)
         self.converged_, self.n_iter_, self.n_draws_ = True, n_iter, n_draws
         self.residuals_ = hist
         self.residual_ = hist[-1]

@@ -8,7 +8,11 @@ solves the quenched target problem (3.1)-(3.3). The numerical method is describe
   eq. (A.1)); it is found by damped Newton steps whose gradient and Hessian are moments of the
   single-site measure. The plain fixed-point iteration ``v <- (Phi(v) + lambda)^-1 y`` is that Newton
   step with the (positive) covariance part of the Hessian dropped, which is why it overshoots out of
-  the normalisable region for linearly growing activations.
+  the normalisable region for linearly growing activations. The first iterations run on a quarter
+  of the samples (coarse to fine).
+* For ReLU-type activations the minimiser can lie on the edge of the normalisable region; it is then
+  found by constrained Newton steps, and the constraint forces become the kernel of a condensate of
+  runaway neurons (eq. (A.6)), which transfer carries to the target (eq. (A.7)).
 * Moments are Monte Carlo averages over the single-site measure, sampled by elliptical slice sampling
   in the weight coordinates of the span of the training inputs (Numba, parallel over chains, see
   :mod:`symtransfer.theory._sampling`). Between draws the same samples are importance-reweighted to
@@ -18,7 +22,8 @@ solves the quenched target problem (3.1)-(3.3). The numerical method is describe
   importance weights and the Gaussian's own moments as a control variate (adaptive eq. (A.5)) the
   Monte Carlo error drops about tenfold (exact for linear ``phi``).
 * Preactivations on inputs outside the sampled subspace are Gaussian given the sample; they enter by
-  quadrature (Gauss-Hermite, or Gauss-Legendre panels split at kinks), and the lazy kernel
+  quadrature (Gauss-Hermite, or Gauss-Legendre panels split at kinks, with closed-form inner integrals
+  for piecewise-linear ``phi``), and the lazy kernel
   (``gamma = 0``) by the closed-form dual kernels of
   :meth:`symtransfer.activations.Activation.dual_kernel`.
 """

@@ -405,6 +405,22 @@ class _Diverged(Exception):
     pass
 
 
+def _all_moments(draw, ss, v, w, s, c, lam, y):
+    """:func:`_moments` plus, in transfer from a condensed source, its image (eq. (A.7))."""
+    Phi, g, H = _moments(ss, v, w, s, c, lam, y)
+    if draw.extra is not None:
+        K = draw.extra.kernel(v)
+        Phi, g, H = Phi + K, g + K @ v, H + draw.extra.hessian(v)
+    return Phi, g, H
+
+
+def _record(history, taus, draw, v, res):
+    """Append the residual and the normalisability index at ``v``; return the index."""
+    history.append(res)
+    taus.append(draw.tau(v))
+    return taus[-1]
+
+
 def _pinned_at_edge(history, taus, window=6):
     """True when ``tau`` has stayed above ``_TAU_EDGE`` for ``window`` iterations without the residual
     halving: the iterates press against the boundary of the domain of (A.1) and make no progress."""
@@ -486,10 +502,7 @@ def _newton(draw, y, lam, c, tol, max_iter, v0=None, condense=True):
 
     for it in range(1, max_iter + 1):
         w, s, lnZ, kish = _reweight(ss, v, c)
-        Phi, g, H = _moments(ss, v, w, s, c, lam, y)
-        if draw.extra is not None:
-            K = draw.extra.kernel(v)
-            Phi, g, H = Phi + K, g + K @ v, H + draw.extra.hessian(v)
+        Phi, g, H = _all_moments(draw, ss, v, w, s, c, lam, y)
         # the kernel residual alone vanishes at any v when the tilt is weak: include the dual equation
         res = float(np.linalg.norm(g) / max(np.linalg.norm(y), 1e-300))
         if res < tol:
@@ -503,9 +516,7 @@ def _newton(draw, y, lam, c, tol, max_iter, v0=None, condense=True):
                 except _Diverged:
                     Phip = np.full_like(Phi, np.inf)
             res = max(res, float(np.linalg.norm(Phip - Phi) / max(np.linalg.norm(Phi), 1e-300)))
-        history.append(res)
-        tau_now = draw.tau(v)
-        taus.append(tau_now)
+        tau_now = _record(history, taus, draw, v, res)
         if _DEBUG:
             print(f"it {it} res {res:.3g} |g| {np.linalg.norm(g):.3g} kish {kish:.3f} tau {tau_now:.4f} "
                   f"draws {n_draws} is {draw.used_is} |v| {np.linalg.norm(v):.3g}")
@@ -624,19 +635,14 @@ def _newton_edge(draw, y, lam, c, tol, max_iter, v, ss, history, taus, n_draws):
     v = retract(v)
     for it in range(it0 + 1, it0 + max_iter + 1):
         w, s, lnZ, kish = _reweight(ss, v, c)
-        Phi, g, H = _moments(ss, v, w, s, c, lam, y)
-        if draw.extra is not None:
-            K = draw.extra.kernel(v)
-            Phi, g, H = Phi + K, g + K @ v, H + draw.extra.hessian(v)
+        Phi, g, H = _all_moments(draw, ss, v, w, s, c, lam, y)
         Ecrit, F = draw.critical(v, 0.8 * _TAU_CONDENSE)
         sig = np.sign(F @ v)
         A = sig[:, None] * F
         d, mu = _edge_qp(H, g, A, b - A @ v)
         # stationarity of the Lagrangian: what is left of the gradient after the constraint forces
         res = float(np.linalg.norm(g + A.T @ mu) / max(np.linalg.norm(y), 1e-300))
-        history.append(res)
-        tau_now = draw.tau(v)
-        taus.append(tau_now)
+        tau_now = _record(history, taus, draw, v, res)
         if _DEBUG:
             print(f"edge it {it} res {res:.3g} |g| {np.linalg.norm(g):.3g} kish {kish:.3f} tau {tau_now:.5f} "
                   f"active {int(np.sum(mu > 0))}/{len(mu)} mu {np.round(mu[mu > 0], 4)} |v| {np.linalg.norm(v):.3g}")

@@ -497,18 +497,24 @@ def get_activation(spec) -> Activation:
 # The function argument makes Numba specialise per activation; such specialisations cannot be
 # cached on disk (the type key holds an address), so no cache=True here.
 @nb.njit(parallel=True)
-def _map_kernel(f, flat):
-    out = np.empty_like(flat)
+def _map_kernel(f, flat, out):
     for i in nb.prange(flat.shape[0]):
         out[i] = f(flat[i])
-    return out
 
 
-def apply_elementwise(f, h) -> np.ndarray:
-    """Apply a compiled scalar kernel ``f`` (e.g. ``Activation.compile().phi``) to every entry of ``h``."""
+def apply_elementwise(f, h, out=None) -> np.ndarray:
+    """Apply a compiled scalar kernel ``f`` (e.g. ``Activation.compile().phi``) to every entry of ``h``.
+
+    ``out`` (optional, C-contiguous float64 of ``h``'s shape, may be ``h`` itself) receives the result.
+    """
     arr = np.asarray(h, dtype=np.float64)
     flat = np.ascontiguousarray(arr).reshape(-1)
-    return _map_kernel(f, flat).reshape(arr.shape)
+    if out is None:
+        out = np.empty(arr.shape)
+    elif out.shape != arr.shape or out.dtype != np.float64 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float64 array of shape {arr.shape}")
+    _map_kernel(f, flat, out.reshape(-1))
+    return out
 
 
 # =================================================================================================

@@ -265,12 +265,10 @@ def condensed():
     return AdaptiveKernel("relu", gamma=2.0, n_samples=8192, seed=1).fit(X, y), X, y, Xt
 
 
-def test_relu_beyond_the_edge_solves_with_a_condensate(condensed):
-    """KKT solution at the edge (docs/adaptive.md, eq. (A.6)): the condensate kernel closes the
-    saddle-point equation, the constraint is active, and Phi_ stays symmetric PSD."""
+def _assert_kkt(model, X, y):
+    """The edge solution (docs/adaptive.md, eq. (A.6)) of a fitted ``model``."""
     from symtransfer.theory.adaptive import _TAU_CONDENSE
 
-    model, X, y, _ = condensed
     rho = model.condensate_weights_
     assert model.converged_ and rho.size >= 1 and np.all(rho > 0.0)
     # (Phi_bulk + condensate + lambda) v = y: the equation (2.3) holds with the condensate included
@@ -285,6 +283,23 @@ def test_relu_beyond_the_edge_solves_with_a_condensate(condensed):
     np.testing.assert_allclose(tau_j, _TAU_CONDENSE, rtol=1e-6)
     assert np.allclose(model.Phi_, model.Phi_.T)
     assert np.linalg.eigvalsh(model.Phi_).min() > -1e-10
+
+
+def test_relu_beyond_the_edge_solves_with_a_condensate(condensed):
+    """KKT solution at the edge (docs/adaptive.md, eq. (A.6)): the condensate kernel closes the
+    saddle-point equation, the constraint is active, and Phi_ stays symmetric PSD."""
+    model, X, y, _ = condensed
+    _assert_kkt(model, X, y)
+
+
+@pytest.mark.parametrize("gamma", [4.0, 16.0])
+def test_relu_solves_at_any_feature_strength(gamma):
+    """ReLU has a saddle point for every gamma (THEORY.md, section 2): far beyond the edge the
+    condensate carries more directions (6 at gamma = 4, 17 at gamma = 16 here) and (A.6) still holds."""
+    X, y, _, _, _ = _task(sign=True)
+    model = AdaptiveKernel("relu", gamma=gamma, n_samples=8192, seed=1).fit(X, y)
+    _assert_kkt(model, X, y)
+    assert model.condensate_weights_.size >= 3
 
 
 def test_relu_condensate_matches_langevin_simulation(condensed):

@@ -428,12 +428,12 @@ def _moments(ss, v, w, s, c, lam, y):
     """
     psi = ss.psi
     ws = w * s
-    g = psi.T @ ws + lam * v - y
-    if ss.cv is not None:
-        g = g + ss.cv @ v
     G = ss.G if ss.quenched else 1
     n, P = psi.shape
-    Mg = (ws.reshape(G, 1, n // G) @ psi.reshape(G, n // G, P))[:, 0, :]
+    Mg = (ws.reshape(G, 1, n // G) @ psi.reshape(G, n // G, P))[:, 0, :]   # per group, sum = Phi v
+    g = Mg.sum(axis=0) + lam * v - y
+    if ss.cv is not None:
+        g = g + ss.cv @ v
     H = _gram(psi, w * (1.0 + 2.0 * c * s * s)) - 2.0 * c * G * (Mg.T @ Mg) + lam * np.eye(len(v))
     if ss.cv is not None:
         H = H + ss.cv

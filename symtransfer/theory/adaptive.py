@@ -370,8 +370,14 @@ def _threaded(n_flops):
 
 def _gram(psi, w):
     """``sum_i w_i psi_i psi_i^T`` (weights may be negative: control-variate batch estimates)."""
-    with _threaded(psi.shape[0] * psi.shape[1] ** 2):
-        return _wsum(psi, w, psi)
+    return _wsum(psi, w, psi)
+
+
+def _group_sums(w, M, G):
+    """``sum_i w_i M_i`` within each of ``G`` equal consecutive groups of rows, shape ``(G, M.shape[1])``
+    (one batched product: no weighted copy of ``M``)."""
+    n, k = M.shape
+    return (w.reshape(G, 1, n // G) @ M.reshape(G, n // G, k))[:, 0, :]
 
 
 def _wsum(A, w, B):
@@ -381,14 +387,16 @@ def _wsum(A, w, B):
     more than the product (measured: 0.25 s for 32768 x 200, the product 0.03 s); blocks of
     ``_BLOCK`` rows stay in cache and are recycled. With ``A is B`` and ``w >= 0`` each block is a
     symmetric rank-k update ``C^T C`` with ``C = sqrt(w) A`` (half the flops of a general product).
+    Large products get the BLAS thread pool (:func:`_threaded`).
     """
     n = A.shape[0]
     sym = A is B and bool(np.all(w >= 0.0))
     out = np.zeros((A.shape[1], B.shape[1]))
     sw = np.sqrt(w) if sym else w
-    for i in range(0, n, _BLOCK):
-        Ci = A[i:i + _BLOCK] * sw[i:i + _BLOCK, None]
-        out += Ci.T @ (Ci if sym else B[i:i + _BLOCK])
+    with _threaded(n * A.shape[1] * B.shape[1]):
+        for i in range(0, n, _BLOCK):
+            Ci = A[i:i + _BLOCK] * sw[i:i + _BLOCK, None]
+            out += Ci.T @ (Ci if sym else B[i:i + _BLOCK])
     return out
 
 
@@ -429,8 +437,7 @@ def _moments(ss, v, w, s, c, lam, y):
     psi = ss.psi
     ws = w * s
     G = ss.G if ss.quenched else 1
-    n, P = psi.shape
-    Mg = (ws.reshape(G, 1, n // G) @ psi.reshape(G, n // G, P))[:, 0, :]   # per group, sum = Phi v
+    Mg = _group_sums(ws, psi, G)   # their sum is Phi v
     g = Mg.sum(axis=0) + lam * v - y
     if ss.cv is not None:
         g = g + ss.cv @ v
@@ -1088,9 +1095,7 @@ class _AdaptiveBase:
         if self._rep is None:
             return self._lazy_kernel(X, self.X_), None
         F = self._rep.features(X)
-        with _threaded(F.shape[0] * F.shape[1] * self._psi.shape[1]):
-            kF = _wsum(F, self._rep.weff, self._psi)
-        return (kF + self._rep.qkernel(X, self.X_)
+        return (_wsum(F, self._rep.weff, self._psi) + self._rep.qkernel(X, self.X_)
                 + self._cond_kernel(X, self.X_)), F
 
     @_one_blas_thread
@@ -1121,17 +1126,14 @@ class _AdaptiveBase:
         w, weff, s = rep.w, rep.weff, psi @ v
         G = self._n_groups
         B = rep.n_batches
-        nt = F.shape[1]
         Fs = np.multiply(F, s[:, None], out=F)   # F is not needed again: no second copy of its size
         kv = weff @ Fs                                  # k(x).v without the constant E_q part
         Phiv = psi.T @ (weff * s)
         # derivative of f(x; v) = k(x; v).v with respect to v, eq. (A.4)
         J = k.copy()
         if c > 0.0:
-            FG = (w[:, None] * Fs).reshape(G, -1, nt).sum(axis=1)
-            MG = ((w * s)[:, None] * psi).reshape(G, -1, psi.shape[1]).sum(axis=1)
-            with _threaded(psi.shape[0] * nt * psi.shape[1]):
-                J = J + 2.0 * c * (_wsum(Fs, w * s, psi) - G * FG.T @ MG)
+            FG, MG = _group_sums(w, Fs, G), _group_sums(w * s, psi, G)
+            J = J + 2.0 * c * (_wsum(Fs, w * s, psi) - G * FG.T @ MG)
         Hinv = np.linalg.inv(self._H)
         if self._kkt is not None:
             # at the edge v moves only along the active slabs (A dv = 0) and the noise goes into the

@@ -7,7 +7,9 @@ which argument is wrong.
 from __future__ import annotations
 
 import math
+import os
 from numbers import Integral, Real
+from pathlib import Path
 
 import numpy as np
 
@@ -39,9 +41,23 @@ def check_int(name: str, value, *, low=None, high=None) -> int:
     return v
 
 
+def _real_array(value, name: str) -> np.ndarray:
+    # np.asarray(..., float64) silently drops an imaginary part (with only a ComplexWarning)
+    raw = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if raw.dtype.kind == "c":
+        raise ValueError(f"{name} must be real, got a complex array (dtype {raw.dtype}); pass the real part "
+                         f"explicitly if that is meant")
+    if raw.dtype.kind not in "biuf":
+        try:
+            return np.asarray(raw, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be an array of real numbers, got dtype {raw.dtype}") from None
+    return np.asarray(raw, dtype=np.float64)
+
+
 def check_inputs(X, name: str = "X", n_features: int | None = None) -> np.ndarray:
-    """A finite float64 C-contiguous 2-D array (rows are inputs)."""
-    arr = np.asarray(X, dtype=np.float64)
+    """A finite float64 C-contiguous 2-D array (rows are inputs); complex input is refused."""
+    arr = _real_array(X, name)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array of shape (n_samples, n_features), got shape {arr.shape}")
     if arr.shape[0] < 1 or arr.shape[1] < 1:
@@ -54,7 +70,7 @@ def check_inputs(X, name: str = "X", n_features: int | None = None) -> np.ndarra
 
 
 def check_targets(y, n: int, name: str = "y") -> np.ndarray:
-    arr = np.asarray(y, dtype=np.float64)
+    arr = _real_array(y, name)
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim != 1:
@@ -69,3 +85,36 @@ def check_targets(y, n: int, name: str = "y") -> np.ndarray:
 def check_Xy(X, y, xname: str = "X", yname: str = "y", n_features: int | None = None):
     Xa = check_inputs(X, xname, n_features)
     return Xa, check_targets(y, Xa.shape[0], yname)
+
+
+def check_output_file(path, name: str) -> Path:
+    """``path`` as a Path after checking it can be written: its folder exists and is writable, and it is
+    not a folder itself. Called before a computation starts, so a bad path never costs the result."""
+    if path is None or (isinstance(path, str) and not path.strip()):
+        raise ValueError(f"{name} must be a file path, got {path!r}")
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ValueError(f"{name} {str(p)!r} is a folder, not a file")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"{name} {str(p)!r}: folder {str(parent)!r} does not exist (create it first)")
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ValueError(f"{name} {str(p)!r}: not writable (permission denied)")
+    return p
+
+
+def check_output_dir(path, name: str, create: bool = True) -> Path:
+    """A writable folder (created with its parents when ``create``), checked before computing."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{name} {str(p)!r} exists and is not a folder")
+    if not p.exists():
+        if not create:
+            raise ValueError(f"{name} {str(p)!r} does not exist")
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"{name} {str(p)!r} cannot be created ({exc.strerror or exc})") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {str(p)!r}: not writable (permission denied)")
+    return p

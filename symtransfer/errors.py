@@ -73,3 +73,23 @@ class EdgeOfNormalisabilityError(ConvergenceError):
     def __init__(self, message: str, residuals=None, taus=None):
         self.taus = list(taus) if taus is not None else []
         super().__init__(message, residuals)
+
+
+class ResultsDatabaseError(SymtransferError):
+    """A sweep or experiment results database cannot be used: not an SQLite file, damaged pages, or
+    tables of another schema.
+
+    Attributes
+    ----------
+    path : str
+        The database file.
+    """
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        super().__init__(f"results database {self.path!r} is unusable: {problem}; move it aside (its finished "
+                         f"points are lost only if it cannot be read at all) or pass another --db")
+
+
+class MalformedRowWarning(UserWarning):
+    """A row of a results database could not be decoded and was skipped (the others are returned)."""

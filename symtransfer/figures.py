@@ -63,6 +63,8 @@ __all__ = [
     "read_table",
     "disagreement",
     "experiment_cli",
+    "default_out",
+    "DISAGREEMENT_LEGEND",
 ]
 
 #: Columns every experiment's CSV starts with; parameters follow, then ``paired_diff`` and
@@ -70,8 +72,10 @@ __all__ = [
 CORE_COLUMNS = ("experiment", "panel", "method", "setting", "quantity", "x_name", "x", "mean", "sem", "n_seeds")
 _TAIL_COLUMNS = ("paired_diff", "paired_diff_sem")
 
-DEFAULT_OUT = "docs/figures"
+DEFAULT_OUT = "symtransfer-figures"
 DEFAULT_FAST_OUT = "symtransfer-figures-fast"
+#: Where the committed figures live, the default output only inside the project's own checkout.
+PROJECT_FIGURES = "docs/figures"
 
 _SETTINGS = ("scratch", "finetune", "joint")
 _LABEL = {"scratch": "scratch", "finetune": "fine-tune readout", "joint": "jointly rich"}
@@ -1017,6 +1021,36 @@ def _evaluate_or_error(name, p):
     return {"ok": True, "results": res, "seconds": time.perf_counter() - t0}
 
 
+def default_out(fast: bool = False, cwd=None) -> Path:
+    """The output folder used when none is given.
+
+    ``docs/figures`` when the current folder is a checkout of this project (it has
+    ``docs/figures/README.md`` and a ``pyproject.toml`` naming symtransfer), so the committed figures
+    are regenerated in place; ``symtransfer-figures`` anywhere else, so a run never writes into an
+    unrelated project's ``docs``; ``symtransfer-figures-fast`` with ``fast=True`` everywhere.
+    """
+    base = Path.cwd() if cwd is None else Path(cwd)
+    if fast:
+        return base / DEFAULT_FAST_OUT
+    readme, project = base / PROJECT_FIGURES / "README.md", base / "pyproject.toml"
+    try:
+        ours = readme.is_file() and 'name = "symtransfer"' in project.read_text()
+    except OSError:
+        ours = False
+    return base / (PROJECT_FIGURES if ours else DEFAULT_OUT)
+
+
+def _prepare_outputs(name, out, db, fast):
+    """Output folder (created) and database path, checked before anything is computed."""
+    from ._validation import check_output_dir, check_output_file
+
+    out = check_output_dir(out if out is not None else default_out(fast), "output folder")
+    db = check_output_file(db if db is not None else out / f"{name}.sqlite", "database")
+    for f in (out / f"{name}.csv", out / f"{name}.png", out / f"{name}.pdf"):
+        check_output_file(f, "output file")
+    return out, db
+
+
 def run_experiment(name: str, out=None, *, fast: bool = False, db=None, progress: bool = True,
                    threads: int = 1) -> ExperimentRun:
     """Compute (or resume) experiment ``name`` and write ``NAME.png``, ``NAME.pdf`` and ``NAME.csv``.
@@ -1027,8 +1061,9 @@ def run_experiment(name: str, out=None, *, fast: bool = False, db=None, progress
         One of :data:`EXPERIMENTS`: ``"polynomial-data"``, ``"feature-strength"``,
         ``"digits-matrix"``, ``"phase-diagram"``.
     out : path, optional
-        Output directory (created); default ``docs/figures``, or ``symtransfer-figures-fast`` with
-        ``fast=True`` so that a quick run never overwrites the committed figures.
+        Output directory (created); default :func:`default_out`: ``docs/figures`` inside this
+        project's checkout, ``symtransfer-figures`` elsewhere, ``symtransfer-figures-fast`` with
+        ``fast=True`` (a quick run never overwrites the committed figures).
     fast : bool
         Tiny sizes (seconds); the numbers are for tests, not for reading.
     db : path, optional
@@ -1052,9 +1087,7 @@ def run_experiment(name: str, out=None, *, fast: bool = False, db=None, progress
     exp = _experiment(name)
     threads = check_int("threads", threads, low=1)
     t0 = time.perf_counter()
-    out = Path(out if out is not None else (DEFAULT_FAST_OUT if fast else DEFAULT_OUT))
-    out.mkdir(parents=True, exist_ok=True)
-    db = Path(db) if db is not None else out / f"{name}.sqlite"
+    out, db = _prepare_outputs(name, out, db, fast)
     cfg = experiment_config(name, fast)
     specs = exp.specs(cfg)
     points = _points(specs, cfg)
@@ -1169,6 +1202,17 @@ def disagreement(rows) -> dict:
     return worst
 
 
+#: Printed above the summary of :func:`disagreement`, so the numbers can be read without the docs.
+DISAGREEMENT_LEGEND = (
+    "theory vs simulation (worst row per quantity; see symtransfer.figures.disagreement):\n"
+    "  |sim - theory| / sem_sim      distance in units of the simulations' standard error over seeds "
+    "(data and network noise); below ~2-3 the two agree within the seed-to-seed spread\n"
+    "  paired |sim - theory| / sem   per-seed differences on the same data sets, over their standard error: the "
+    "data noise cancels, so a large value measures a systematic gap (finite width N, finite training time, "
+    "theory Monte Carlo error), not a failure; read its size from 'paired diff'\n"
+    "  |sim - theory| / theory       relative gap of the test error")
+
+
 def _format_disagreement(worst) -> str:
     lines = []
     for q, w in worst.items():
@@ -1190,6 +1234,6 @@ def experiment_cli(name, out=None, fast=False, db=None, threads=1) -> Experiment
     """
     run = run_experiment(name, out, fast=fast, db=db, threads=threads)
     print(run)
-    print("theory vs simulation:")
+    print(DISAGREEMENT_LEGEND)
     print(_format_disagreement(disagreement(run.rows)))
     return run

@@ -21,11 +21,14 @@ import itertools
 import json
 import math
 import os
+import socket
 import sqlite3
 import threading
 import time
-from contextlib import contextmanager
 import traceback
+import uuid
+import warnings
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -34,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._validation import check_int, check_real
+from ._validation import check_int, check_output_file, check_real
+from .errors import MalformedRowWarning, ResultsDatabaseError
 
 __all__ = [
     "EVALUATORS",
@@ -51,6 +55,7 @@ __all__ = [
     "to_long",
     "load_sweep_config",
     "sweep_cli",
+    "SCHEDULER_TIMEOUT",
 ]
 
 SCHEMA_VERSION = 1
@@ -89,6 +94,24 @@ _INT_KEYS = {"seed", "data_seed", "dim", "n_source", "n_target", "n_test", "n_sa
 _FLOAT_KEYS = {"gamma1", "gamma2", "weight_decay1", "weight_decay2", "temperature1", "temperature2", "coupling",
                "alpha", "noise_source", "noise_target", "tol", "dt", "t_max", "average_from", "lr", "init_scale"}
 _BOOL_KEYS = {"standardise", "early_stop"}
+# Accepted ranges (low, low_open, high); checked when a point is normalised, so a sweep with a bad
+# value stops before computing anything, naming the parameter as the config spells it.
+_RANGES = {
+    "dim": (2, False, None), "n_source": (1, False, None), "n_target": (1, False, None),
+    "n_test": (1, False, None), "n_samples": (1, False, None), "n_chains": (1, False, None),
+    "max_iter": (1, False, None), "population": (1, False, None), "n_records": (2, False, None),
+    "width": (1, False, None), "steps": (1, False, None), "batch_size": (1, False, None),
+    "gamma1": (0.0, True, None), "gamma2": (0.0, True, None),
+    "weight_decay1": (0.0, False, None), "weight_decay2": (0.0, False, None),
+    "temperature1": (0.0, False, None), "temperature2": (0.0, False, None),
+    "coupling": (0.0, True, None), "alpha": (-1.0, False, 1.0),
+    "noise_source": (0.0, False, None), "noise_target": (0.0, False, None),
+    "tol": (0.0, True, None), "dt": (0.0, True, None), "t_max": (0.0, True, None),
+    "average_from": (0.0, False, None), "lr": (0.0, True, None), "init_scale": (0.0, True, None),
+}
+# The equilibrium theories are Gibbs measures with a ridge: T > 0 and lambda > 0.
+_POSITIVE_FOR = {"equilibrium": ("weight_decay1", "weight_decay2", "temperature1", "temperature2"),
+                 "proportional": ("weight_decay1", "weight_decay2", "temperature1", "temperature2")}
 _SETTINGS = ("scratch", "finetune", "joint")
 
 
@@ -140,12 +163,20 @@ def _normalise_builtin(method: str, params: dict) -> dict:
     for k, v in list(p.items()):
         if v is None:
             continue
+        low, low_open, high = _RANGES.get(k, (0, False, None))
+        if k in _POSITIVE_FOR.get(method, ()):
+            low_open = True
+        if method == "proportional" and k in ("gamma1", "gamma2", "coupling"):
+            low_open = False  # the closed form covers the lazy limit g = 0 and delta = 0 (scratch)
         if k in _INT_KEYS:
-            p[k] = check_int(f"parameter {k!r}", v, low=0)
+            p[k] = check_int(f"parameter {k!r}", v, low=low + (1 if low_open else 0), high=high)
         elif k in _FLOAT_KEYS:
-            p[k] = check_real(f"parameter {k!r}", v, allow_inf=(k == "coupling"))
+            p[k] = check_real(f"parameter {k!r}", v, low=low, low_open=low_open, high=high,
+                              allow_inf=(k == "coupling"))
         elif k in _BOOL_KEYS and not isinstance(v, bool):
             raise ValueError(f"parameter {k!r} must be true or false, got {v!r}")
+    if p.get("average_from") is not None and not p["average_from"] < 1.0:
+        raise ValueError(f"parameter 'average_from' must be in [0, 1), got {p['average_from']!r}")
     if not isinstance(p["activation"], str):
         raise ValueError(f"parameter 'activation' must be a name or formula string, got {p['activation']!r}")
     if task == "digits":
@@ -285,12 +316,17 @@ def register_evaluator(name: str, evaluate, *, requires=(), normalise=None) -> N
     EVALUATORS[name] = Evaluator(evaluate, tuple(requires), normalise)
 
 
-def _resolve(method: str) -> Evaluator:
+def _resolve(method: str, allow_code: bool = True) -> Evaluator:
     if not isinstance(method, str):
         raise ValueError(f"method must be a string, got {method!r}")
     if method in EVALUATORS:
         return EVALUATORS[method]
     if ":" in method:
+        if not allow_code:
+            # importing a module named in a config runs its code: a config file must not be able to
+            # run arbitrary code (e.g. "subprocess:run") unless the user says so
+            raise ValueError(f"method {method!r} names a Python function to import and run; custom code from a "
+                             f"config runs only with allow_code=True (command line: --allow-code)")
         mod, _, fn = method.partition(":")
         try:
             func = getattr(importlib.import_module(mod), fn)
@@ -302,7 +338,7 @@ def _resolve(method: str) -> Evaluator:
 
 
 def _check_available(method: str) -> None:
-    for mod in _resolve(method).requires:
+    for mod in _resolve(method, allow_code=True).requires:
         try:
             importlib.import_module(mod)
         except ImportError as exc:
@@ -310,13 +346,17 @@ def _check_available(method: str) -> None:
                               f"leave {method!r} out of 'methods'") from exc
 
 
-def normalise_point(params: dict) -> dict:
-    """Canonical form of a point: defaults filled in, types checked, ``"method"`` included."""
+def normalise_point(params: dict, *, allow_code: bool = False) -> dict:
+    """Canonical form of a point: defaults filled in, types checked, ``"method"`` included.
+
+    A method ``"package.module:function"`` is imported (which runs that module's code) only with
+    ``allow_code=True``.
+    """
     if not isinstance(params, dict):
         raise ValueError(f"a point must be a dict of parameters, got {type(params).__name__}")
     params = {str(k): _plain(v, f"parameter {k!r}") for k, v in params.items()}
     method = params.get("method")
-    ev = _resolve(method)
+    ev = _resolve(method, allow_code)
     if ev.normalise is None:
         return dict(params)
     return ev.normalise(method, params)
@@ -390,7 +430,16 @@ def load_sweep_config(path) -> dict:
 _CONFIG_KEYS = {"methods", "seeds", "params", "grid", "db", "workers", "threads_per_point"}
 
 
-def expand_config(config: dict, base_dir=None) -> list[dict]:
+def _table(config, name):
+    value = config.get(name, {})
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"[{name}] must be a table of name = value pairs, got {value!r}")
+    return dict(value)
+
+
+def expand_config(config: dict, base_dir=None, *, allow_code: bool = False) -> list[dict]:
     """The normalised points of a sweep config, deduplicated, in grid order.
 
     Layout (TOML)::
@@ -402,14 +451,20 @@ def expand_config(config: dict, base_dir=None) -> list[dict]:
         [simulation]   # options for the points of one method (any method name)
 
     A name may appear in only one of ``params``, ``grid`` and the method's table. Relative ``path``
-    values are resolved against ``base_dir``.
+    values are resolved against ``base_dir``. Methods ``"package.module:function"`` need
+    ``allow_code=True``.
     """
     if not isinstance(config, dict):
         raise ValueError("a sweep config must be a table/object")
     methods = config.get("methods")
     if methods is None:
         raise ValueError("the sweep config needs 'methods' (e.g. methods = [\"equilibrium\", \"simulation\"])")
-    methods = [methods] if isinstance(methods, str) else list(methods)
+    if isinstance(methods, str):
+        methods = [methods]
+    if not isinstance(methods, (list, tuple)) or not all(isinstance(m, str) for m in methods):
+        raise ValueError(f"'methods' must be a method name or a list of names (built-in: {', '.join(EVALUATORS)}), "
+                         f"got {methods!r}")
+    methods = list(methods)
     if not methods:
         raise ValueError("'methods' is empty")
     unknown = set(config) - _CONFIG_KEYS - set(methods)
@@ -419,11 +474,13 @@ def expand_config(config: dict, base_dir=None) -> list[dict]:
     seeds = config.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = list(range(check_int("seeds", seeds, low=1)))
+    if not isinstance(seeds, (list, tuple)):
+        raise ValueError(f"'seeds' must be a count n >= 1 (seeds 0 .. n-1) or a list of integers >= 0, got {seeds!r}")
     seeds = [check_int("seeds entry", s, low=0) for s in seeds]
     if not seeds:
         raise ValueError("'seeds' is empty")
-    fixed = dict(config.get("params", {}) or {})
-    grid = dict(config.get("grid", {}) or {})
+    fixed = _table(config, "params")
+    grid = _table(config, "grid")
     for name, values in grid.items():
         if not isinstance(values, (list, tuple)) or not values:
             raise ValueError(f"grid entry {name!r} must be a non-empty list of values, got {values!r}")
@@ -433,12 +490,12 @@ def expand_config(config: dict, base_dir=None) -> list[dict]:
     if {"seed", "method"} & (set(fixed) | set(grid)):
         raise ValueError("'seed' and 'method' are set by 'seeds' and 'methods', not in [params]/[grid]")
     for m in methods:
-        _resolve(m)
+        _resolve(m, allow_code)
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     names = list(grid)
     points, seen = [], set()
     for m in methods:
-        opts = dict(config.get(m, {}) or {})
+        opts = _table(config, m)
         clash = set(opts) & (set(fixed) | set(grid))
         if clash:
             raise ValueError(f"option(s) {sorted(clash)} of [{m}] also appear in [params] or [grid]")
@@ -447,7 +504,7 @@ def expand_config(config: dict, base_dir=None) -> list[dict]:
                 p = {**fixed, **dict(zip(names, combo)), **opts, "method": m, "seed": s}
                 if isinstance(p.get("path"), str) and not Path(p["path"]).expanduser().is_absolute():
                     p["path"] = str(base / p["path"])
-                q = normalise_point(p)
+                q = normalise_point(p, allow_code=allow_code)
                 k = point_key(q)
                 if k not in seen:
                     seen.add(k)
@@ -474,18 +531,101 @@ CREATE TABLE IF NOT EXISTS failures (
     failed_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS claims (
+    key TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    claimed_at TEXT NOT NULL
+);
 """
+_COLUMNS = {"points": ["key", "method", "params", "results", "seconds", "finished_at"],
+            "failures": ["key", "method", "params", "error", "traceback", "failed_at"]}
 
 
-def _connect(db_path) -> sqlite3.Connection:
-    con = sqlite3.connect(str(db_path), timeout=60.0)
-    # WAL: readers (load_results during a sweep) never block the writer; a commit is durable
-    # against the death of this process, which is what resuming needs.
-    con.execute("PRAGMA journal_mode=WAL")
-    con.executescript(_DDL)
-    con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-    con.commit()
+def _check_schema(con, db_path):
+    for table, cols in _COLUMNS.items():
+        have = [r[1] for r in con.execute(f"PRAGMA table_info({table})")]
+        if have and have != cols:
+            raise ResultsDatabaseError(db_path, f"table {table!r} has columns {have}, expected {cols} (not a "
+                                                f"symtransfer results database?)")
+
+
+def _connect(db_path, check: bool = True) -> sqlite3.Connection:
+    """Open (creating if needed) a results database; a damaged or foreign file raises
+    :class:`~symtransfer.errors.ResultsDatabaseError` naming it, before any point is computed."""
+    existed = Path(db_path).is_file() and Path(db_path).stat().st_size > 0
+    try:
+        con = sqlite3.connect(str(db_path), timeout=60.0)
+    except sqlite3.Error as exc:
+        raise ResultsDatabaseError(db_path, f"cannot be opened ({exc})") from None
+    try:
+        # WAL: readers (load_results during a sweep) never block the writer; a commit is durable
+        # against the death of this process, which is what resuming needs.
+        con.execute("PRAGMA journal_mode=WAL")
+        if existed and check:
+            # a damaged page (say of the failures table) otherwise reads as "nothing to do"
+            problems = [r[0] for r in con.execute("PRAGMA quick_check(5)")]
+            if problems != ["ok"]:
+                raise ResultsDatabaseError(db_path, "integrity check failed: " + "; ".join(problems))
+            _check_schema(con, db_path)
+        con.executescript(_DDL)
+        con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        con.commit()
+    except sqlite3.DatabaseError as exc:
+        con.close()
+        raise ResultsDatabaseError(db_path, f"{type(exc).__name__}: {exc}") from None
+    except BaseException:
+        con.close()
+        raise
     return con
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Claims:
+    """Points claimed by a driver before it submits them, so drivers sharing one database compute each
+    point once: ``BEGIN IMMEDIATE`` takes the write lock, so check-and-claim is atomic across processes.
+    A claim whose driver died on this host (its pid is gone) is taken over; claims of drivers on other
+    hosts are respected until they finish or release them."""
+
+    def __init__(self, con):
+        self.con = con
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.owner = f"{self.host}:{self.pid}:{uuid.uuid4().hex}"
+
+    def claim(self, key) -> str:
+        """``"claimed"``, ``"done"`` (finished meanwhile) or ``"busy"`` (another driver has it)."""
+        con = self.con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            if con.execute("SELECT 1 FROM points WHERE key = ?", (key,)).fetchone():
+                con.execute("COMMIT")
+                return "done"
+            row = con.execute("SELECT owner, host, pid FROM claims WHERE key = ?", (key,)).fetchone()
+            if row is not None and row[0] != self.owner and not (row[1] == self.host and not _pid_alive(row[2])):
+                con.execute("COMMIT")
+                return "busy"
+            con.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?)",
+                        (key, self.owner, self.host, self.pid, _now()))
+            con.execute("COMMIT")
+            return "claimed"
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def release_all(self):
+        with self.con:
+            self.con.execute("DELETE FROM claims WHERE owner = ?", (self.owner,))
 
 
 def _now():
@@ -498,6 +638,7 @@ def _done_keys(con) -> set:
 
 def _store(con, key, params, out):
     with con:  # one transaction per point: all of it or nothing survives a kill
+        con.execute("DELETE FROM claims WHERE key = ?", (key,))
         if out["ok"]:
             con.execute("INSERT OR IGNORE INTO points VALUES (?, ?, ?, ?, ?, ?)",
                         (key, params["method"], _canonical(params), _canonical(out["results"]), out["seconds"],
@@ -526,6 +667,9 @@ class SweepReport:
         Points whose evaluation raised (stored in the ``failures`` table, retried by the next run).
     seconds : float
     backend : str
+    n_elsewhere : int
+        Points left to another driver working on the same database at the same time (claimed by it,
+        or finished by it while this call ran); neither computed nor counted as done here.
     """
 
     db_path: str
@@ -535,6 +679,7 @@ class SweepReport:
     failures: list = field(default_factory=list)
     seconds: float = 0.0
     backend: str = "local"
+    n_elsewhere: int = 0
 
     @property
     def complete(self) -> bool:
@@ -547,6 +692,8 @@ class SweepReport:
     def __str__(self):
         s = (f"sweep: {self.n_points} points, {self.n_already_done} already in {self.db_path}, "
              f"{self.n_computed} computed in {self.seconds:.1f} s ({self.backend})")
+        if self.n_elsewhere:
+            s += f"; {self.n_elsewhere} left to another driver on the same database"
         if self.failures:
             s += f"; {len(self.failures)} FAILED (first: {self.failures[0][1]})"
         return s
@@ -556,7 +703,21 @@ def _default_workers():
     return max(1, os.cpu_count() or 1)
 
 
-def _make_executor(workers, scheduler, local_cluster):
+#: Seconds to wait for a Dask scheduler given by address before giving up.
+SCHEDULER_TIMEOUT = 5.0
+
+
+def _connect_scheduler(Client, scheduler, timeout):
+    try:
+        return Client(scheduler, timeout=timeout)
+    except (OSError, TimeoutError) as exc:
+        raise RuntimeError(f"cannot reach the Dask scheduler at {scheduler!r} within {timeout:g} s ({exc}); "
+                           f"is it running (dask scheduler), and is the address tcp://HOST:PORT?") from None
+    except ValueError as exc:
+        raise ValueError(f"scheduler address {scheduler!r} is not valid ({exc}); expected tcp://HOST:PORT") from None
+
+
+def _make_executor(workers, scheduler, local_cluster, timeout=None):
     """``(executor, cleanup, description)``; every backend is a concurrent.futures Executor."""
     if scheduler is not None or local_cluster:
         try:
@@ -564,7 +725,7 @@ def _make_executor(workers, scheduler, local_cluster):
         except ImportError as exc:
             raise ImportError("the Dask backend needs 'distributed' (pip install dask distributed)") from exc
         if scheduler is not None:
-            client = Client(scheduler)
+            client = _connect_scheduler(Client, scheduler, SCHEDULER_TIMEOUT if timeout is None else timeout)
             cluster = None
             desc = f"dask scheduler {scheduler}"
         else:
@@ -589,8 +750,22 @@ def _make_executor(workers, scheduler, local_cluster):
     return executor, lambda: executor.shutdown(wait=True, cancel_futures=True), f"local ({workers} processes)"
 
 
+def _prepare(config, base_dir, allow_code):
+    if isinstance(config, dict):
+        return config, expand_config(config, base_dir, allow_code=allow_code)
+    if isinstance(config, (list, tuple)):
+        points, seen = [], set()
+        for p in config:
+            q = normalise_point(p, allow_code=allow_code)
+            if point_key(q) not in seen:
+                seen.add(point_key(q))
+                points.append(q)
+        return {}, points
+    raise ValueError("config must be a sweep config dict or a list of point dicts")
+
+
 def run_sweep(config, db_path, *, scheduler=None, local_cluster=False, workers=None, threads_per_point=None,
-              progress=True, base_dir=None) -> SweepReport:
+              progress=True, base_dir=None, allow_code=False, scheduler_timeout=None) -> SweepReport:
     """Run (or resume) a sweep, storing each finished point in the SQLite database ``db_path``.
 
     Parameters
@@ -609,6 +784,15 @@ def run_sweep(config, db_path, *, scheduler=None, local_cluster=False, workers=N
         Numba/BLAS threads inside each point (default ``max(1, cpus // workers)``).
     progress : bool
         tqdm progress bar with ETA.
+    allow_code : bool
+        Allow methods ``"package.module:function"``, which import and run that module's code
+        (default ``False``: a config file alone cannot run arbitrary code).
+    scheduler_timeout : float, optional
+        Seconds to wait for the Dask scheduler at ``scheduler`` (default :data:`SCHEDULER_TIMEOUT`).
+
+    Several drivers may share one database at the same time (say a second terminal, or a second
+    job on a cluster): each point is claimed before it is computed (table ``claims``), so each is
+    computed once, and each report counts what its own call computed.
 
     Returns
     -------
@@ -616,26 +800,19 @@ def run_sweep(config, db_path, *, scheduler=None, local_cluster=False, workers=N
     """
     if scheduler is not None and local_cluster:
         raise ValueError("give either scheduler=ADDRESS or local_cluster=True, not both")
-    cfg = config if isinstance(config, dict) else {}
-    if isinstance(config, dict):
-        points = expand_config(config, base_dir)
-    elif isinstance(config, (list, tuple)):
-        points, seen = [], set()
-        for p in config:
-            q = normalise_point(p)
-            if point_key(q) not in seen:
-                seen.add(point_key(q))
-                points.append(q)
-    else:
-        raise ValueError("config must be a sweep config dict or a list of point dicts")
+    cfg, points = _prepare(config, base_dir, allow_code)
     for m in dict.fromkeys(p["method"] for p in points):
         _check_available(m)
     workers = check_int("workers", workers if workers is not None else cfg.get("workers", _default_workers()), low=1)
     tpp = threads_per_point if threads_per_point is not None else cfg.get("threads_per_point")
     tpp = check_int("threads_per_point", tpp, low=1) if tpp is not None else max(1, _default_workers() // workers)
+    if scheduler_timeout is not None:
+        scheduler_timeout = check_real("scheduler_timeout", scheduler_timeout, low=0.0, low_open=True)
+    check_output_file(db_path, "results database")
 
     t0 = time.perf_counter()
     con = _connect(db_path)
+    claims = _Claims(con)
     try:
         done = _done_keys(con)
         keyed = [(point_key(p), p) for p in points]
@@ -644,17 +821,31 @@ def run_sweep(config, db_path, *, scheduler=None, local_cluster=False, workers=N
         if not todo:
             report.backend = "none (nothing to do)"
             return report
-        executor, cleanup, report.backend = _make_executor(workers, scheduler, local_cluster)
+        executor, cleanup, report.backend = _make_executor(workers, scheduler, local_cluster, scheduler_timeout)
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(points), initial=report.n_already_done, desc="sweep", unit="point",
                    disable=not progress, dynamic_ncols=True)
+        queue = iter(todo)
+
+        def next_claimed():
+            """The next point of the queue this driver claims; others' points are counted and skipped."""
+            for k, p in queue:
+                state = claims.claim(k)
+                if state == "claimed":
+                    return k, p
+                report.n_elsewhere += 1
+                bar.update(1)
+            return None
+
         try:
             pending = {}
-            queue = iter(todo)
             window = 2 * workers if scheduler is None else 64  # bounded in-flight work
-            for k, p in itertools.islice(queue, window):
-                pending[executor.submit(_run_point, p, tpp)] = (k, p)
+            for _ in range(window):
+                nxt = next_claimed()
+                if nxt is None:
+                    break
+                pending[executor.submit(_run_point, nxt[1], tpp)] = nxt
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished:
@@ -673,7 +864,7 @@ def run_sweep(config, db_path, *, scheduler=None, local_cluster=False, workers=N
                         report.failures.append((p, out["error"]))
                         bar.set_postfix(failed=len(report.failures))
                     bar.update(1)
-                    nxt = next(queue, None)
+                    nxt = next_claimed()
                     if nxt is not None:
                         pending[executor.submit(_run_point, nxt[1], tpp)] = nxt
         finally:
@@ -681,7 +872,10 @@ def run_sweep(config, db_path, *, scheduler=None, local_cluster=False, workers=N
             cleanup()
         return report
     finally:
-        con.close()
+        try:
+            claims.release_all()  # points in flight at an error or Ctrl-C go back to the pool
+        finally:
+            con.close()
         if "report" in locals():
             report.seconds = time.perf_counter() - t0
 
@@ -701,22 +895,49 @@ def load_results(db_path, long=False):
     ``alignment_<setting>``) are melted into a tidy table with one row per point and setting and
     columns ``setting``, ``test_error``, ``transfer_gain``, ``alignment`` (:func:`to_long`).
     """
+    rows, skipped = [], []
+    for i, (key, method, params, results, seconds, finished) in enumerate(
+            _read_table(db_path, "SELECT key, method, params, results, seconds, finished_at FROM points "
+                                 "ORDER BY rowid")):
+        try:
+            p, r = json.loads(params), json.loads(results)
+            if not isinstance(p, dict) or not isinstance(r, dict):
+                raise ValueError("params/results are not JSON objects")
+        except (TypeError, ValueError) as exc:  # one bad row must not hide every other result
+            skipped.append((key, f"{type(exc).__name__}: {exc}"))
+            continue
+        clash = set(p) & set(r)
+        r = {(f"result_{k}" if k in clash else k): v for k, v in r.items()}
+        rows.append({"key": key, **p, **r, "method": method, "seconds": seconds, "finished_at": finished})
+    df = _frame(rows, ["key", "method", "seconds", "finished_at"])
+    _report_skipped(df, skipped, db_path, "points")
+    return to_long(df) if long else df
+
+
+def _read_table(db_path, query):
+    """All rows of ``query``; a missing, damaged or foreign file raises a named error with its path."""
     if not Path(db_path).is_file():
         raise ValueError(f"results database {str(db_path)!r} does not exist")
-    con = sqlite3.connect(str(db_path))
     try:
-        rows = []
-        for key, method, params, results, seconds, finished in con.execute(
-                "SELECT key, method, params, results, seconds, finished_at FROM points ORDER BY rowid"):
-            p = json.loads(params)
-            r = json.loads(results)
-            clash = set(p) & set(r)
-            r = {(f"result_{k}" if k in clash else k): v for k, v in r.items()}
-            rows.append({"key": key, **p, **r, "method": method, "seconds": seconds, "finished_at": finished})
+        con = sqlite3.connect(f"file:{Path(db_path).resolve()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise ResultsDatabaseError(db_path, f"cannot be opened ({exc})") from None
+    try:
+        return con.execute(query).fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise ResultsDatabaseError(db_path, f"{type(exc).__name__}: {exc}") from None
     finally:
         con.close()
-    df = _frame(rows, ["key", "method", "seconds", "finished_at"])
-    return to_long(df) if long else df
+
+
+def _report_skipped(df, skipped, db_path, table):
+    df.attrs["skipped_rows"] = skipped
+    if skipped:
+        keys = ", ".join(k if isinstance(k, str) else repr(k) for k, _ in skipped[:3])
+        warnings.warn(f"results database {str(db_path)!r}: skipped {len(skipped)} malformed row(s) of table "
+                      f"{table!r} (keys {keys}{', ...' if len(skipped) > 3 else ''}; first problem: "
+                      f"{skipped[0][1]}); they are listed in DataFrame.attrs['skipped_rows']",
+                      MalformedRowWarning, stacklevel=3)
 
 
 def to_long(df):
@@ -741,17 +962,25 @@ def to_long(df):
 
 def load_failures(db_path):
     """Points whose evaluation raised: ``key``, ``method``, parameters, ``error``, ``traceback``."""
-    con = sqlite3.connect(str(db_path))
-    try:
-        rows = [{"key": k, "method": m, **json.loads(p), "error": e, "traceback": tb, "failed_at": t}
-                for k, m, p, e, tb, t in con.execute("SELECT * FROM failures ORDER BY rowid")]
-    finally:
-        con.close()
-    return _frame(rows, ["key", "method", "error", "traceback", "failed_at"])
+    rows, skipped = [], []
+    for k, m, p, e, tb, t in _read_table(db_path, "SELECT key, method, params, error, traceback, failed_at "
+                                                  "FROM failures ORDER BY rowid"):
+        try:
+            params = json.loads(p)
+            if not isinstance(params, dict):
+                raise ValueError("params is not a JSON object")
+        except (TypeError, ValueError) as exc:
+            skipped.append((k, f"{type(exc).__name__}: {exc}"))
+            continue
+        rows.append({"key": k, "method": m, **params, "error": e, "traceback": tb, "failed_at": t})
+    df = _frame(rows, ["key", "method", "error", "traceback", "failed_at"])
+    _report_skipped(df, skipped, db_path, "failures")
+    return df
 
 
 # --------------------------------------------------------------------------- command line
-def sweep_cli(config_path, db_path=None, scheduler=None, local_cluster=False, workers=None, progress=True):
+def sweep_cli(config_path, db_path=None, scheduler=None, local_cluster=False, workers=None, progress=True,
+              allow_code=False):
     """``symtransfer sweep --config FILE [--db FILE] [--scheduler ADDRESS | --local-cluster]``.
 
     The database defaults to the config's ``db`` key (relative to the config file) or, failing that,
@@ -765,7 +994,7 @@ def sweep_cli(config_path, db_path=None, scheduler=None, local_cluster=False, wo
         db = cfg.get("db")
         db_path = (base / db) if db else config_path.with_suffix(".db")
     report = run_sweep(cfg, db_path, scheduler=scheduler, local_cluster=local_cluster, workers=workers,
-                       progress=progress, base_dir=base)
+                       progress=progress, base_dir=base, allow_code=allow_code)
     print(report)
     for params, err in report.failures[:5]:
         print(f"  failed: {json.dumps(params, sort_keys=True)}: {err}")

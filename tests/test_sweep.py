@@ -68,7 +68,7 @@ def test_expand_config_grid_seeds_methods_and_dedup():
 @pytest.mark.parametrize("cfg, pattern", [
     ({"methods": ["equilibrium"], "params": {"alhpa": 0.5}}, r"unknown parameter\(s\) \['alhpa'\]"),
     ({"methods": ["nope"]}, r"unknown method 'nope'"),
-    ({"methods": ["no_such_module_xyz:f"]}, r"cannot import function 'f' from module 'no_such_module_xyz'"),
+    ({"methods": ["no_such_module_xyz:f"]}, r"only with allow_code=True"),
     ({"methods": ["equilibrium"], "params": {"alpha": 0.1}, "grid": {"alpha": [0.2]}}, r"both \[params\] and \[grid\]"),
     ({"methods": ["equilibrium"], "grid": {"alpha": 0.2}}, r"grid entry 'alpha' must be a non-empty list"),
     ({"methods": ["proportional"], "params": {"activation": "relu"}}, r"'proportional' is the D -> infinity"),
@@ -79,6 +79,11 @@ def test_expand_config_grid_seeds_methods_and_dedup():
 def test_config_errors(cfg, pattern):
     with pytest.raises(ValueError, match=pattern):
         expand_config(cfg)
+
+
+def test_custom_method_import_error_named_with_allow_code():
+    with pytest.raises(ValueError, match=r"cannot import function 'f' from module 'no_such_module_xyz'"):
+        expand_config({"methods": ["no_such_module_xyz:f"]}, allow_code=True)
 
 
 # --------------------------------------------------------------------------- evaluators
@@ -192,7 +197,7 @@ def test_sigkilled_sweep_resumes_with_every_point_exactly_once(tmp_path, monkeyp
     log = tmp_path / "calls.log"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
                SWEEP_TEST_LOG=str(log), SWEEP_TEST_RUN="1")
-    code = f"from symtransfer.sweep import sweep_cli; sweep_cli({str(cfg)!r}, progress=False)"
+    code = f"from symtransfer.sweep import sweep_cli; sweep_cli({str(cfg)!r}, progress=False, allow_code=True)"
     proc = subprocess.Popen([sys.executable, "-c", code], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     n_total = 9 * 3
@@ -224,7 +229,7 @@ def test_sigkilled_sweep_resumes_with_every_point_exactly_once(tmp_path, monkeyp
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("SWEEP_TEST_LOG", str(log))
     monkeypatch.setenv("SWEEP_TEST_RUN", "2")
-    report = sweep_cli(cfg, progress=False)
+    report = sweep_cli(cfg, progress=False, allow_code=True)
     assert report.n_points == n_total and report.n_already_done == len(first)
     assert report.n_computed == n_total - 3 - len(first) and len(report.failures) == 3
     assert all("point 99 always fails" in err for _, err in report.failures)
@@ -248,7 +253,7 @@ def test_sigkilled_sweep_resumes_with_every_point_exactly_once(tmp_path, monkeyp
 
     # a third run has nothing left but the failures, which it retries
     monkeypatch.setenv("SWEEP_TEST_RUN", "3")
-    report = run_sweep(load_sweep_config(cfg), db, progress=False, workers=1)
+    report = run_sweep(load_sweep_config(cfg), db, progress=False, workers=1, allow_code=True)
     assert report.n_already_done == n_total - 3 and report.n_computed == 0 and len(report.failures) == 3
 
 

@@ -93,3 +93,9 @@ class ResultsDatabaseError(SymtransferError):
 
 class MalformedRowWarning(UserWarning):
     """A row of a results database could not be decoded and was skipped (the others are returned)."""
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative solver or a dynamics stopped at its iteration or time limit before its
+    convergence criterion was met; the result is returned as it stands (e.g.
+    :class:`~symtransfer.theory.dmft.GradientFlowDMFT` with ``converged_ = False`` at ``t_max``)."""

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ._config import load_config
-from ._validation import check_int, check_real, check_Xy
+from ._validation import check_int, check_output_file, check_real, check_Xy
 from .activations import get_activation
 
 __all__ = ["TransferTable", "compare_transfer", "compare_cli", "kernel_alignment", "METHODS"]
@@ -111,8 +111,26 @@ class TransferTable:
         return "\n".join(lines)
 
 
+# Arguments compare_transfer sets itself; the rest of each estimator's constructor is an option.
+_FIXED_ARGS = {"self", "activation", "gamma", "weight_decay", "temperature", "seed", "progress"}
+
+
+def _method_options(method) -> set:
+    import inspect
+
+    if method == "simulation":
+        from .sim import WideNetwork as cls
+    elif method == "gradient_flow":
+        from .theory.dmft import GradientFlowDMFT as cls
+    else:
+        from .theory.adaptive import AdaptiveKernel as cls
+    return set(inspect.signature(cls.__init__).parameters) - _FIXED_ARGS
+
+
 def _merge_settings(settings, method):
     s = json.loads(json.dumps(_DEFAULTS))  # deep copy of plain data
+    if settings is not None and not isinstance(settings, dict):
+        raise ValueError(f"settings must be a dict (a [settings] table), got {settings!r}")
     settings = {} if settings is None else dict(settings)
     unknown = set(settings) - {"activation", "couplings", "source", "target", *METHODS}
     if unknown:
@@ -122,11 +140,21 @@ def _merge_settings(settings, method):
         if k in settings:
             s[k] = settings[k]
     for m in METHODS:
-        s[m].update(settings.get(m, {}) or {})
+        given = settings.get(m, {}) or {}
+        if not isinstance(given, dict):
+            raise ValueError(f"settings[{m!r}] must be a dict of options, got {given!r}")
+        if m == method and given:
+            bad = set(given) - _method_options(m)
+            if bad:
+                raise ValueError(f"settings[{m!r}] has unknown keys {sorted(bad)}; accepted: "
+                                 f"{', '.join(sorted(_method_options(m)))}")
+        s[m].update(given)
     default_T = 1.0 if method == "equilibrium" else 0.0
     for task in ("source", "target"):
         hp = {"gamma": 1.0, "weight_decay": 1.0, "temperature": default_T}
         given = settings.get(task, {}) or {}
+        if not isinstance(given, dict):
+            raise ValueError(f"settings[{task!r}] must be a dict of {', '.join(_HYPER)}, got {given!r}")
         bad = set(given) - set(_HYPER)
         if bad:
             raise ValueError(f"settings[{task!r}] has unknown keys {sorted(bad)}; accepted: {', '.join(_HYPER)}")
@@ -141,6 +169,8 @@ def _merge_settings(settings, method):
     cps = s["couplings"]
     if isinstance(cps, (int, float)):
         cps = [cps]
+    if not isinstance(cps, (list, tuple)) or not cps:
+        raise ValueError(f"settings['couplings'] must be a number or a non-empty list of numbers > 0, got {cps!r}")
     s["couplings"] = [check_real("settings['couplings'] entry", c, low=0.0, low_open=True) for c in cps]
     s["activation"] = get_activation(s["activation"])
     return s
@@ -243,7 +273,7 @@ def compare_transfer(source, target, test, settings=None, method="gradient_flow"
         section 3), paired over seeds; ``alignment`` of the learned target kernel on the target
         training inputs with ``y2`` (section 5).
     """
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     data = []
     for name, pair in (("source", source), ("target", target), ("test", test)):
@@ -252,6 +282,8 @@ def compare_transfer(source, target, test, settings=None, method="gradient_flow"
         data.append(check_Xy(pair[0], pair[1], f"{name} X", f"{name} y",
                              n_features=None if not data else data[0][0].shape[1]))
     (X1, y1), (X2, y2), (Xt, yt) = data
+    if isinstance(seeds, (str, bytes, dict)):
+        raise ValueError(f"seeds must be a list of integers >= 0, got {seeds!r}")
     seeds = [check_int("seeds entry", sd, low=0) for sd in (list(seeds) if np.ndim(seeds) else [seeds])]
     if not seeds:
         raise ValueError("seeds must contain at least one seed")
@@ -278,23 +310,45 @@ def compare_transfer(source, target, test, settings=None, method="gradient_flow"
 
 
 # --------------------------------------------------------------------------- command line
+_TASK_KEYS = ("dim", "n_source", "n_target", "n_test", "alpha", "teacher", "target_teacher", "noise_source",
+              "noise_target", "seed", "clean_test")
+
+
 def _config_data(cfg, base: Path):
     if ("task" in cfg) == ("data" in cfg):
         raise ValueError("the config needs exactly one of [task] (a synthetic transfer pair) or "
                          "[data] (an .npz file with X1, y1, X2, y2, X_test, y_test)")
     if "data" in cfg:
+        from .datasets import _load_npz
+
         d = cfg["data"]
-        p = Path(d["path"]) if isinstance(d, dict) else Path(d)
+        if isinstance(d, dict):
+            extra = set(d) - {"path"}
+            if extra or "path" not in d:
+                raise ValueError(f"[data] takes one key, path (an .npz file); got keys {sorted(d)}")
+            d = d["path"]
+        if not isinstance(d, str):
+            raise ValueError(f"[data] path must be a file name, got {d!r}")
+        p = Path(d).expanduser()
         p = p if p.is_absolute() else base / p
-        z = np.load(p)
-        missing = {"X1", "y1", "X2", "y2", "X_test", "y_test"} - set(z.files)
-        if missing:
-            raise ValueError(f"data file {str(p)!r} lacks arrays {sorted(missing)}")
+        if p.is_dir():
+            raise ValueError(f"data file {str(p)!r} is a folder")
+        z = _load_npz(p, ("X1", "y1", "X2", "y2", "X_test", "y_test"))
         return (z["X1"], z["y1"]), (z["X2"], z["y2"]), (z["X_test"], z["y_test"])
     from .tasks import make_transfer_pair
 
+    if not isinstance(cfg["task"], dict):
+        raise ValueError(f"[task] must be a table of make_transfer_pair arguments, got {cfg['task']!r}")
     t = dict(cfg["task"])
+    bad = set(t) - set(_TASK_KEYS)
+    if bad:
+        raise ValueError(f"[task] has unknown keys {sorted(bad)}; accepted: {', '.join(_TASK_KEYS)}")
+    missing = [k for k in ("dim", "n_source", "n_target", "n_test", "alpha") if k not in t]
+    if missing:
+        raise ValueError(f"[task] needs {', '.join(missing)} (arguments of make_transfer_pair)")
     clean = t.pop("clean_test", True)
+    if not isinstance(clean, bool):
+        raise ValueError(f"[task] clean_test must be true or false, got {clean!r}")
     pair = make_transfer_pair(**t)
     yt = pair.target.y_test_clean if clean else pair.target.y_test
     return ((pair.source.X_train, pair.source.y_train), (pair.target.X_train, pair.target.y_train),
@@ -316,6 +370,12 @@ def compare_cli(config_path, out_path=None) -> TransferTable:
     unknown = set(cfg) - {"method", "seeds", "settings", "task", "data"}
     if unknown:
         raise ValueError(f"config has unknown keys {sorted(unknown)}; accepted: method, seeds, settings, task, data")
+    if out_path is not None:
+        check_output_file(out_path, "--out")
+    method = cfg.get("method", "gradient_flow")
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    _merge_settings(cfg.get("settings"), method)  # every setting checked before any data is made
     source, target, test = _config_data(cfg, Path(config_path).resolve().parent)
     table = compare_transfer(source, target, test, settings=cfg.get("settings"),
                              method=cfg.get("method", "gradient_flow"), seeds=cfg.get("seeds", [0]))

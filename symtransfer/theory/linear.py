@@ -36,7 +36,10 @@ class _EigenRidge:
 
     def __init__(self, K: np.ndarray, y: np.ndarray, g: np.ndarray | None, lam: float):
         evals, U = np.linalg.eigh(0.5 * (K + K.T))
-        self.k = np.clip(evals, 0.0, None)  # round-off can make zero modes slightly negative
+        # Zero modes come out as +-P eps kmax round-off; a large amplitude (a ~ T/lambda) would
+        # turn those into spurious directions of the predictor, so they are set to exactly zero.
+        floor = evals.size * np.finfo(float).eps * max(float(evals[-1]) if evals.size else 0.0, 0.0)
+        self.k = np.where(evals > floor, evals, 0.0)
         self.U = U
         self.yt = U.T @ y
         self.gt = U.T @ g if g is not None else np.zeros_like(self.yt)
@@ -117,11 +120,27 @@ def _solve_target(ridge: _EigenRidge, *, c: float, s2c: float, m2: float, sig1: 
     return t, A, M, vt
 
 
+# Scales beyond this over- or underflow the amplitude a ~ T/lambda and the kernel in float64.
+_SCALE_LIMIT = 1e100
+
+
 def _check_hyper(gamma, weight_decay, temperature, suffix=""):
-    g = check_real("gamma" + suffix, gamma, low=0.0)
-    lam = check_real("weight_decay" + suffix, weight_decay, low=0.0, low_open=True)
-    T = check_real("temperature" + suffix, temperature, low=0.0, low_open=True)
+    g = check_real("gamma" + suffix, gamma, low=0.0, high=_SCALE_LIMIT)
+    lam = check_real("weight_decay" + suffix, weight_decay, low=1.0 / _SCALE_LIMIT, high=_SCALE_LIMIT)
+    T = check_real("temperature" + suffix, temperature, low=1.0 / _SCALE_LIMIT, high=_SCALE_LIMIT)
+    if not 1.0 / _SCALE_LIMIT <= T / lam <= _SCALE_LIMIT:
+        raise ValueError(f"temperature{suffix}/weight_decay{suffix} (the prior variance s^2, eq. 2.1) must lie in "
+                         f"[{1 / _SCALE_LIMIT:g}, {_SCALE_LIMIT:g}], got {T:g}/{lam:g} = {T / lam:g}")
     return g, lam, T
+
+
+def _check_finite_state(model, what):
+    """A saddle point that over- or underflowed is an error, not a NaN/inf predictor."""
+    vals = [model.a_ if hasattr(model, "a_") else 0.0, *(getattr(model, k, 0.0) for k in ("t_", "A_", "M_"))]
+    if not (all(math.isfinite(float(v)) for v in vals) and np.all(np.isfinite(model.v_))
+            and np.all(np.isfinite(model.Phi_))):
+        raise ConvergenceError(f"{what}: the saddle point is not representable in float64 (amplitude "
+                               f"{float(vals[0]):g}); rescale the data or bring temperature/weight_decay closer to 1")
 
 
 class LinearTheory:
@@ -164,6 +183,12 @@ class LinearTheory:
         if not hasattr(self, "v_"):
             raise RuntimeError(f"{type(self).__name__} is not fitted yet: call fit(X, y) first")
 
+    def _set_predictive(self, ridge, vt):
+        # The null modes of K(X, X) are also null for K(x, X) at any x (K is PSD), so they add
+        # nothing to a predictor in exact arithmetic; dropping them keeps their round-off from
+        # being multiplied by a large amplitude (a ~ T/lambda).
+        self._vp = ridge.U @ np.where(ridge.k > 0.0, vt, 0.0)
+
     def _check_X(self, X, name="X"):
         self._check_fitted()
         return check_inputs(X, name, self.X_.shape[1])
@@ -182,14 +207,17 @@ class LinearTheory:
         self.chi_ = 1.0 - 1.0 / t
         self.eta_ = A - s2
         self.v_ = ridge.U @ vt
-        g = K @ self.v_
-        self.Phi_ = s2 * K + gamma**2 * A * np.outer(g, g)
+        self._set_predictive(ridge, vt)
+        g = K @ self._vp
+        with np.errstate(over="ignore", invalid="ignore"):  # reported just below
+            self.Phi_ = s2 * K + gamma**2 * A * np.outer(g, g)
+        _check_finite_state(self, "LinearTheory.fit")
         return self
 
     def feature(self, X) -> np.ndarray:
         """``K(x, X) v``: the learned direction evaluated on inputs ``X``."""
         X = self._check_X(X)
-        return self._K(X, self.X_) @ self.v_
+        return self._K(X, self.X_) @ self._vp
 
     def predict(self, X) -> np.ndarray:
         """Mean predictor ``a K(x, X) v`` (eq. 2.10)."""
@@ -200,8 +228,8 @@ class LinearTheory:
         """Adapted kernel ``Phi(x, x')`` (eq. 2.11) between rows of ``XA`` and ``XB``."""
         XA = self._check_X(XA, "XA")
         XB = XA if XB is None else self._check_X(XB, "XB")
-        gA = self._K(XA, self.X_) @ self.v_
-        gB = gA if XB is XA else self._K(XB, self.X_) @ self.v_
+        gA = self._K(XA, self.X_) @ self._vp
+        gB = gA if XB is XA else self._K(XB, self.X_) @ self._vp
         return self.s2_ * self._K(XA, XB) + float(self.gamma) ** 2 * self.a_ * np.outer(gA, gB)
 
     def weight_covariance(self) -> np.ndarray:
@@ -209,7 +237,7 @@ class LinearTheory:
         self._check_fitted()
         if self.input_kernel is not None:
             raise ValueError("weight_covariance needs the default input kernel x.x'/D (input_kernel=None)")
-        u = self.X_.T @ self.v_ / math.sqrt(self.X_.shape[1])
+        u = self.X_.T @ self._vp / math.sqrt(self.X_.shape[1])
         return self.s2_ * np.eye(self.X_.shape[1]) + float(self.gamma) ** 2 * self.a_ * np.outer(u, u)
 
     def test_error(self, X, y) -> float:
@@ -269,11 +297,12 @@ class LinearTransferTheory(LinearTheory):
             c = gamma**2 * lam / (lam + delta)
         sig1 = src.s2_
         beta1 = float(src.gamma) ** 2 * src.a_
-        g = src._K(X, src.X_) @ src.v_  # source feature on target inputs
+        g = src._K(X, src.X_) @ src._vp  # source feature on target inputs
         K = self._K(X, X)
         ridge = _EigenRidge(K, y, g, lam)
         t, A, M, vt = _solve_target(ridge, c=c, s2c=s2c, m2=m2, sig1=sig1, beta1=beta1)
         v = ridge.U @ vt
+        self._set_predictive(ridge, vt)
         self.X_, self.y_ = X, y
         self.m2_, self.s2c_, self.c_ = m2, s2c, c
         self.t_, self.A_, self.M_ = t, A, M
@@ -281,7 +310,9 @@ class LinearTransferTheory(LinearTheory):
         self.v_ = v
         self.kappa_ = float(v @ K @ v)
         self.rho_ = sig1 * self.kappa_ + beta1 * float(g @ v) ** 2
-        self.Phi_ = self.kernel(X)
+        with np.errstate(over="ignore", invalid="ignore"):  # reported just below
+            self.Phi_ = self.kernel(X)
+        _check_finite_state(self, "LinearTransferTheory.fit")
         return self
 
     def _source_kernel(self, XA, XB):
@@ -290,17 +321,17 @@ class LinearTransferTheory(LinearTheory):
     def predict(self, X) -> np.ndarray:
         """Target mean predictor ``(A K(x, X2) + M Phi1(x, X2)) v2`` (eq. 3.6)."""
         X = self._check_X(X)
-        return self.A_ * (self._K(X, self.X_) @ self.v_) + self.M_ * (self._source_kernel(X, self.X_) @ self.v_)
+        return self.A_ * (self._K(X, self.X_) @ self._vp) + self.M_ * (self._source_kernel(X, self.X_) @ self._vp)
 
     def kernel(self, XA, XB=None) -> np.ndarray:
         """Target adapted kernel ``Phi2(x, x')`` (eq. 3.7)."""
         XA = self._check_X(XA, "XA")
         same = XB is None
         XB = XA if same else self._check_X(XB, "XB")
-        gA = self._K(XA, self.X_) @ self.v_
-        gB = gA if same else self._K(XB, self.X_) @ self.v_
-        P1A = self._source_kernel(XA, self.X_) @ self.v_
-        P1B = P1A if same else self._source_kernel(XB, self.X_) @ self.v_
+        gA = self._K(XA, self.X_) @ self._vp
+        gB = gA if same else self._K(XB, self.X_) @ self._vp
+        P1A = self._source_kernel(XA, self.X_) @ self._vp
+        P1B = P1A if same else self._source_kernel(XB, self.X_) @ self._vp
         b, m2, s2c = self.b_, self.m2_, self.s2c_
         out = s2c * (self._K(XA, XB) + b * np.outer(gA, gB))
         if m2 > 0.0:
@@ -313,7 +344,7 @@ class LinearTransferTheory(LinearTheory):
         self._check_fitted()
         S1 = self.source.weight_covariance()
         D = self.X_.shape[1]
-        u = self.X_.T @ self.v_ / math.sqrt(D)
+        u = self.X_.T @ self._vp / math.sqrt(D)
         Pi = np.eye(D) + self.b_ * np.outer(u, u)
         return self.s2c_ * Pi + self.m2_ * Pi @ S1 @ Pi
 

@@ -73,6 +73,12 @@ _RANGES = {
     "sigma2": (0.0, False, None, False),
 }
 
+# Beyond these magnitudes the scalar equations over- or underflow float64 (s^2 = T/lambda = 1e300,
+# say): such a value is refused up front, naming the parameter, rather than returned as NaN.
+_SCALE_LIMIT = 1e100
+_SCALED = {"nu1", "nu2", "lam1", "lam2", "T1", "T2"}  # positive scales: both ends bounded
+_BOUNDED_ABOVE = {"g1", "g2", "coupling", "sigma1", "sigma2"}
+
 _MAXIT = 200
 _XTOL = 1e-14  # relative tolerance on every scalar unknown
 
@@ -380,7 +386,37 @@ def _check_array(name, value):
     if np.any(bad):
         first = arr[bad].flat[0]
         raise ValueError(f"{name} must lie in {rng}, got {first!r}")
+    finite = arr[np.isfinite(arr)]
+    lo_lim = 1.0 / _SCALE_LIMIT
+    if name in _SCALED and np.any((finite < lo_lim) | (finite > _SCALE_LIMIT)):
+        first = float(finite[(finite < lo_lim) | (finite > _SCALE_LIMIT)].flat[0])
+        raise ValueError(f"{name} must lie in [{lo_lim:g}, {_SCALE_LIMIT:g}] (beyond, the saddle-point equations "
+                         f"over/underflow float64), got {first!r}")
+    if name in _BOUNDED_ABOVE and np.any(finite > _SCALE_LIMIT):
+        first = float(finite[finite > _SCALE_LIMIT].flat[0])
+        raise ValueError(f"{name} must be <= {_SCALE_LIMIT:g} (beyond, the saddle-point equations overflow "
+                         f"float64; coupling may be inf), got {first!r}")
     return arr
+
+
+def _call_kernel(kernel, args, out, status, flat, what):
+    """Run a Numba kernel; an exception inside it or a non-finite result becomes a ConvergenceError
+    naming the first bad point (never NaN, never a SystemError from compiled code)."""
+    try:
+        kernel(*args, out, status)
+    except (SystemError, ArithmeticError) as exc:
+        point = ", ".join(f"{k}={v[0]:g}" if v.size == 1 else f"{k}=[{v.min():g}..{v.max():g}]"
+                          for k, v in flat.items())
+        raise ConvergenceError(f"{what}: the scalar saddle-point equations failed numerically "
+                               f"({type(exc.__cause__ or exc).__name__}) for parameters {point}") from None
+    if np.any(status):
+        _status_error(status, flat, what)
+    bad = ~np.all(np.isfinite(out), axis=1)
+    if np.any(bad):
+        i = int(np.flatnonzero(bad)[0])
+        point = ", ".join(f"{k}={flat[k][i]:g}" for k in flat)
+        raise ConvergenceError(f"{what}: non-finite result at {int(bad.sum())} of {bad.size} points (the scalar "
+                               f"equations lose float64 precision there); first at {point}")
 
 
 def _status_error(status, arrays, what):
@@ -433,9 +469,8 @@ def _run(setting, kw, *, full=False):
     n = int(np.prod(shape, dtype=np.int64))
     out = np.empty((n, 4))
     status = np.zeros(n, dtype=np.int64)
-    _target_kernel(code, *(flat[k] for k in PARAMETERS), out, status)
-    if np.any(status):
-        _status_error(status, flat, f"target_error(setting={setting!r})")
+    _call_kernel(_target_kernel, (code, *(flat[k] for k in PARAMETERS)), out, status, flat,
+                 f"target_error(setting={setting!r})")
     if full:
         return shape, out
     return _shape_out(out[:, 0], shape)
@@ -538,9 +573,8 @@ def source_state(*, nu1, g1, lam1, T1, sigma1=0.0) -> SourceState:
     n = int(np.prod(shape, dtype=np.int64))
     out = np.empty((n, 4))
     status = np.zeros(n, dtype=np.int64)
-    _source_kernel(flat["nu1"], flat["g1"], flat["lam1"], flat["T1"], flat["sigma1"], out, status)
-    if np.any(status):
-        _status_error(status, flat, "source_state")
+    _call_kernel(_source_kernel, (flat["nu1"], flat["g1"], flat["lam1"], flat["T1"], flat["sigma1"]), out, status,
+                 flat, "source_state")
     a, s1, cos1, err = out.T
     return SourceState(
         amplitude=_shape_out(a, shape),
@@ -762,9 +796,8 @@ def phase_diagram(x="alpha", y="nu2", *, x_values=None, y_values=None, n=100, se
     npts = int(np.prod(shape, dtype=np.int64))
     out = np.empty((npts, 2))
     status = np.zeros(npts, dtype=np.int64)
-    _gain_kernel(code, *(flat[k] for k in PARAMETERS), out, status)
-    if np.any(status):
-        _status_error(status, flat, f"phase_diagram(setting={setting!r})")
+    _call_kernel(_gain_kernel, (code, *(flat[k] for k in PARAMETERS)), out, status, flat,
+                 f"phase_diagram(setting={setting!r})")
     scratch = out[:, 0].reshape(shape)
     transfer = out[:, 1].reshape(shape)
     gain = scratch - transfer
@@ -839,6 +872,11 @@ def phase_diagram_cli(config_path, out_path):
     """
     import pathlib
 
+    from .._validation import check_output_file
+
+    out = check_output_file(out_path, "--out")
+    if out.suffix.lower().lstrip(".") not in ("png", "pdf", "svg"):
+        raise ValueError(f"--out must end in .png, .pdf or .svg, got {str(out)!r}")
     cfg = load_config(config_path)
     if not isinstance(cfg, dict):
         raise ValueError("config must be a table/object at top level")
@@ -853,17 +891,23 @@ def phase_diagram_cli(config_path, out_path):
     if not isinstance(params, dict):
         raise ValueError("params must be a table of parameter values")
     if isinstance(params.get("coupling"), str):
-        params["coupling"] = float(params["coupling"])  # JSON has no inf literal: allow "inf"
-    diag = phase_diagram(cfg.get("x", "alpha"), cfg.get("y", "nu2"), x_values=xv, y_values=yv,
-                         n=cfg.get("n", 100), setting=cfg.get("setting", "finetune"), **params)
-    out = pathlib.Path(out_path)
-    if out.suffix.lower().lstrip(".") not in ("png", "pdf", "svg"):
-        raise ValueError(f"out_path must end in .png, .pdf or .svg, got {str(out)!r}")
-    diag.plot(out, xscale=cfg.get("xscale", "auto"), yscale=cfg.get("yscale", "auto"), title=cfg.get("title"))
+        try:
+            params["coupling"] = float(params["coupling"])  # JSON has no inf literal: allow "inf"
+        except ValueError:
+            raise ValueError(f"params.coupling must be a number or \"inf\", got {params['coupling']!r}") from None
+    for key in ("setting", "x", "y", "title", "xscale", "yscale", "arrays"):
+        if key in cfg and not isinstance(cfg[key], str):
+            raise ValueError(f"config key {key!r} must be a string, got {cfg[key]!r}")
+    arrays_path = None
     if "arrays" in cfg:
         arrays_path = pathlib.Path(cfg["arrays"])
         if not arrays_path.is_absolute():
             arrays_path = out.parent / arrays_path
+        check_output_file(arrays_path, "arrays")
+    diag = phase_diagram(cfg.get("x", "alpha"), cfg.get("y", "nu2"), x_values=xv, y_values=yv,
+                         n=cfg.get("n", 100), setting=cfg.get("setting", "finetune"), **params)
+    diag.plot(out, xscale=cfg.get("xscale", "auto"), yscale=cfg.get("yscale", "auto"), title=cfg.get("title"))
+    if arrays_path is not None:
         np.savez(arrays_path, x=diag.x, y=diag.y, gain=diag.gain, transfer_error=diag.transfer_error,
                  scratch_error=diag.scratch_error, boundary=_join_lines(diag.boundary))
     g = diag.gain

@@ -175,8 +175,11 @@ def test_weight_decay_whitened_source_kernel_matches_dmft():
     chi_t = gf.source_spike(g, lt, time=nu1 * T)
     assert chi_t == pytest.approx(kt.spike / kt.bulk, rel=1e-12)
     assert gf.source_spike(g, lt) == np.inf
-    # lambda = 0 at growing time reaches the closed form
-    assert gf.source_spike(g, 0.0, time=40.0) == pytest.approx(gf.source_spike(g), rel=1e-8)
+    # lambda = 0: the closed solution (7.2c) reaches (7.3) and agrees with the RK4 path at tiny lambda
+    assert gf.source_spike(g, 0.0, time=40.0) == pytest.approx(gf.source_spike(g), rel=1e-12)
+    for tt in (0.05, 0.4, 3.0):
+        assert gf.source_kernel(g, 1e-10, time=tt).spike == pytest.approx(
+            gf.source_kernel(g, 0.0, time=tt).spike, rel=1e-8)
 
 
 # ------------------------------------------------------------------ finite-D kernel regression

@@ -85,6 +85,7 @@ _RANGES = {
 # ln(tau) on [-60, 60]: 64 halvings reach 7e-18, below double precision of ln(tau)
 _BISECT_ITERS = 64
 _LOG_TAU = (-60.0, 60.0)
+_RK_MAX_STEPS = 200_000
 
 
 # ------------------------------------------------------------------------------------------------
@@ -132,10 +133,16 @@ def _build():
         "chi of Sigma_1 = I + chi beta beta^T/D after gradient flow on infinite (whitened) source data, lambda = 0")
     add("source_spike", sp.sqrt(1 + g**2 * q) - 1, (g, q), "(7.3)",
         "chi = sqrt(1 + g^2 q) - 1 for a source predictor with q = |w_eff|^2/D, lambda = 0")
-    add("whitened_ode", g - sp.exp(-2 * lam * t) * sp.sinh(2 * K), (g, lam, t, K), "(7.2)",
+    add("whitened_ode", g - sp.exp(-2 * lam * t) * sp.sinh(2 * K), (g, lam, t, K), "(7.2b)",
         "dK/dt of the boost rapidity K (zeta = 2K) on whitened source data, time and weight decay per unit nu_1")
-    add("whitened_bulk", sp.exp(-2 * lam * t), (lam, t), "(7.2)", "bulk b(t) on whitened source data")
-    add("whitened_spike", sp.exp(-2 * lam * t) * (sp.cosh(2 * K) - 1), (lam, t, K), "(7.2)",
+    # lambda = 0: dt = du/(2 g u - u^2 + 1) for u = e^{2K}, partial fractions at u_pm = g pm R
+    R = sp.sqrt(1 + g**2)
+    up, um = g + R, g - R
+    iQ = sp.exp(-2 * R * t) * (up - 1) / (1 - um)  # 1/Q, no overflow at large t
+    add("whitened_rapidity_free", sp.log((um * iQ + up) / (iQ + 1)) / 2, (g, t), "(7.2c)",
+        "K(t) of (7.2b) at lambda = 0 in closed form; K -> asinh(g)/2")
+    add("whitened_bulk", sp.exp(-2 * lam * t), (lam, t), "(7.2b)", "bulk b(t) on whitened source data")
+    add("whitened_spike", sp.exp(-2 * lam * t) * (sp.cosh(2 * K) - 1), (lam, t, K), "(7.2b)",
         "spike s(t) on whitened source data")
     add("whitened_spike_decay", sp.Max(g - lam, 0), (g, lam), "(7.4)",
         "rank-one spike s at t = inf with weight decay lambdatilde per unit nu_1, infinite source data")
@@ -281,23 +288,42 @@ class SourceKernel(NamedTuple):
 
 
 def _whitened_time(g, lam, t):
-    """Boost rapidity ``K(t)`` of eq. (7.2) by RK4 in ``ln`` time-steps (vectorised over points)."""
-    f = _compiled("whitened_ode")
+    """Boost rapidity ``K(t)`` of eq. (7.2b) on whitened source data (vectorised over points).
+
+    ``lam = 0``: the closed solution (7.2c). ``lam > 0``: RK4 with a per-point step below the
+    relaxation time ``1/|dK'/dK| = 1/(2 e^{-2 lam t} cosh 2K)`` and the drive time ``1/g``.
+    """
     K = np.zeros_like(g)
-    done = np.zeros_like(g)
-    # The rapidity relaxes on the time scale 1/g (K ~ g t early, K -> asinh(g)/2 or grows like lam t);
-    # 4000 steps of h <= 0.05/max(g, lam, 1) resolve both to < 1e-8 relative.
-    n = 4000
-    tt = np.minimum(t, 1e6)
-    h = tt / n
-    with np.errstate(all="ignore"):
-        for _ in range(n):
-            k1 = f(g, lam, done, K)
-            k2 = f(g, lam, done + h / 2, K + h / 2 * k1)
-            k3 = f(g, lam, done + h / 2, K + h / 2 * k2)
-            k4 = f(g, lam, done + h, K + h * k3)
-            K = K + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-            done = done + h
+    free = lam == 0.0
+    if np.any(free):
+        K[free] = _call("whitened_rapidity_free", g[free], t[free])
+    sel = ~free
+    if not np.any(sel):
+        return K
+    f = _compiled("whitened_ode")
+    gg, ll, tt = g[sel], lam[sel], t[sel]
+    k = np.zeros_like(gg)
+    now = np.zeros_like(gg)
+    with np.errstate(over="ignore"):
+        for it in range(_RK_MAX_STEPS):
+            rem = tt - now
+            active = rem > 1e-15 * np.maximum(tt, 1.0)
+            if not np.any(active):
+                break
+            rate = gg + ll + 2.0 * np.exp(-2.0 * ll * now) * np.cosh(2.0 * k)
+            h = np.where(active, np.minimum(rem, 0.05 / rate), 0.0)
+            k1 = f(gg, ll, now, k)
+            k2 = f(gg, ll, now + h / 2, k + h / 2 * k1)
+            k3 = f(gg, ll, now + h / 2, k + h / 2 * k2)
+            k4 = f(gg, ll, now + h, k + h * k3)
+            k = k + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+            now = now + h
+        else:
+            i = int(np.flatnonzero(tt - now > 1e-15 * np.maximum(tt, 1.0))[0])
+            raise ConvergenceError(
+                f"source_kernel: the rapidity ODE (7.2b) needs more than {_RK_MAX_STEPS} steps at g={gg[i]:g}, "
+                f"weight_decay={ll[i]:g}, time={tt[i]:g} (reached time {now[i]:g}); use a shorter time")
+    K[sel] = k
     return K
 
 

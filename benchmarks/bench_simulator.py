@@ -1,10 +1,13 @@
 """Numba WideNetwork against a plain NumPy implementation of the same update (eq. 1.4).
 
 Width 4096, D = 64, P = 256, mini-batch 64, ReLU; gradient descent (T = 0) and Langevin (T = 1).
-Prints steps/s of both and their ratio. Usage: python benchmarks/bench_simulator.py [--steps N]
+Prints steps/s of both and their ratio, then the cost of the default loss logging: steps/s at the
+default ``log_every`` against logging off, as a ratio measured in this process.
+Usage: python benchmarks/bench_simulator.py [--steps N]
 """
 
 import argparse
+import math
 import time
 
 import numpy as np
@@ -41,6 +44,25 @@ def main():
         t_np = time.perf_counter() - t0
         print(f"T={T:g}: numba {steps / t_nb:8.1f} steps/s   numpy {steps / t_np:8.1f} steps/s   "
               f"ratio {t_np / t_nb:5.2f}x   (N={N}, D={D}, P={P}, B={B})")
+    logging_cost(X, y, N, B, steps)
+
+
+def logging_cost(X, y, N, B, steps, repeats=3):
+    """Default logging against none, interleaved runs, best of ``repeats`` each (load spikes only slow)."""
+    kw = dict(activation="relu", gamma=1.0, weight_decay=1.0, temperature=0.0, lr=1e-3, batch_size=B, seed=0,
+              progress=False)
+    best = {"default": math.inf, "off": math.inf}
+    n_log = 0
+    for _ in range(repeats):
+        for name, log_every in (("default", None), ("off", 10**9)):
+            t0 = time.perf_counter()
+            net = WideNetwork(N, steps=steps, log_every=log_every, **kw).fit(X, y)
+            best[name] = min(best[name], time.perf_counter() - t0)
+            if name == "default":
+                n_log = len(net.history_["step"])
+    ratio = best["off"] / best["default"]
+    print(f"default logging ({n_log} entries over {steps} steps): {steps / best['default']:8.1f} steps/s, off "
+          f"{steps / best['off']:8.1f} steps/s   ratio {ratio:5.3f} (cost {100 * (1 - ratio):.1f}%)")
 
 
 if __name__ == "__main__":

@@ -99,3 +99,30 @@ class ConvergenceWarning(UserWarning):
     """An iterative solver or a dynamics stopped at its iteration or time limit before its
     convergence criterion was met; the result is returned as it stands (e.g.
     :class:`~symtransfer.theory.dmft.GradientFlowDMFT` with ``converged_ = False`` at ``t_max``)."""
+
+
+class StepTooLargeError(DivergenceError):
+    """A given step size ``lr`` is beyond the Euler-Maruyama stability bound of the initial network.
+
+    Found before training: along the top eigenvector of the readout tangent kernel the discrete
+    update multiplies the error by ``|1 - lr (lambda + theta_max)| > 1`` per step, so the run either
+    diverges or collapses (readouts decaying to zero, ReLUs dying) instead of training.
+
+    Attributes
+    ----------
+    step : int
+        Always 0 (nothing was run).
+    lr : float
+        The step size asked for.
+    bound : float
+        ``2 / (lambda + theta_max)``, with ``theta_max`` a lower estimate of the largest eigenvalue of
+        the readout tangent kernel (so the true bound is at most this).
+    """
+
+    def __init__(self, lr: float, bound: float, auto_lr: float | None = None):
+        self.step, self.lr, self.bound = 0, float(lr), float(bound)
+        hint = f"; lr=None picks {auto_lr:.3g}" if auto_lr is not None else ""
+        SymtransferError.__init__(
+            self, f"lr={self.lr:g} exceeds the stability bound 2/(lambda + theta_max) = {self.bound:.3g} of the "
+                  f"initial network (theta_max: largest eigenvalue of the readout tangent kernel): the run would "
+                  f"oscillate and diverge or collapse; try a smaller lr (e.g. lr={self.bound / 4:.3g}){hint}")

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ._rng import GOLDEN, mix64
 from ._validation import check_inputs, check_int, check_real, check_Xy
 from .activations import get_activation
-from .errors import DivergenceError
+from .errors import DivergenceError, StepTooLargeError
 
 __all__ = ["WideNetwork"]
 
@@ -47,6 +47,14 @@ _PARALLEL_MIN_WORK = 200_000
 
 # Snapshots for time averages are capped at this many bytes of stored weights.
 _SNAPSHOT_BYTES = 256 * 2**20
+
+# The default logging cadence keeps the loss evaluations below this fraction of the training work.
+_LOG_BUDGET = 0.02
+# Frozen features of the evaluation set (readout-only runs) are kept up to this many bytes.
+_EVAL_FEATURE_BYTES = 128 * 2**20
+# Inputs are meant to be of order one (the kernel x.x'/D, eq. 1.1); far beyond, the tangent kernel
+# and the automatic step over- or underflow.
+_INPUT_RMS_LIMIT = 1e8
 
 
 @nb.njit(inline="always")
@@ -270,11 +278,28 @@ def _forward(X, W, a, gamma, phi, n_chunks):
         hi = (c + 1) * N // n_chunks
         for i in range(lo, hi):
             ai = a[i]
-            for p in range(P):
+            # four inputs per pass over W[i] (as in _preactivations): each weight load feeds four
+            # multiply-adds; every dot product still sums over d in order
+            p = 0
+            while p + 4 <= P:
+                s0 = s1 = s2 = s3 = 0.0
+                for d in range(D):
+                    w = W[i, d]
+                    s0 += X[p, d] * w
+                    s1 += X[p + 1, d] * w
+                    s2 += X[p + 2, d] * w
+                    s3 += X[p + 3, d] * w
+                partial[c, p] += ai * phi(s0 * inv_sqrt_d)
+                partial[c, p + 1] += ai * phi(s1 * inv_sqrt_d)
+                partial[c, p + 2] += ai * phi(s2 * inv_sqrt_d)
+                partial[c, p + 3] += ai * phi(s3 * inv_sqrt_d)
+                p += 4
+            while p < P:
                 acc = 0.0
                 for d in range(D):
                     acc += X[p, d] * W[i, d]
                 partial[c, p] += ai * phi(acc * inv_sqrt_d)
+                p += 1
     out = np.zeros(P)
     for c in range(n_chunks):
         for p in range(P):
@@ -340,7 +365,9 @@ class WideNetwork:
     max_snapshots : int
         Number of weight snapshots kept for that time average (also capped at 256 MB).
     log_every : int, optional
-        Steps between entries of ``history_`` (default: about 100 entries).
+        Steps between entries of ``history_``. Default: about 100 entries, fewer when evaluating the
+        losses that often would cost more than 2% of the training compute (a loss on the full
+        training and evaluation sets costs about ``(P + P_eval) / (3 B)`` training steps).
     seed : int
         Seeds initialisation, mini-batches and noise.
     progress : bool, optional
@@ -489,6 +516,31 @@ class WideNetwork:
             ntk += np.sum((a[:, None] * dF) ** 2 * (np.sum(X**2, axis=1) / X.shape[1])[None, :]) / W.shape[0]
         return 0.5 / (p["weight_decay"] + delta + ntk)
 
+    @staticmethod
+    def _check_scale(X, name):
+        m = float(np.max(np.abs(X)))
+        rms = m * float(np.sqrt(np.mean(np.square(X / m)))) if m > 0.0 else 0.0  # no overflow in the square
+        if not rms <= _INPUT_RMS_LIMIT:
+            raise ValueError(f"{name} has root-mean-square {rms:.3g}: WideNetwork expects inputs of order one (the "
+                             f"kernel x.x'/D, eq. 1.1), beyond {_INPUT_RMS_LIMIT:g} the tangent kernel and the step "
+                             f"size over/underflow; standardise the inputs (e.g. divide by their standard deviation)")
+
+    @staticmethod
+    def _readout_theta(Fx, n_iter=30):
+        """Lower estimate of the largest eigenvalue of the readout tangent kernel ``F^T F / N`` (power
+        iteration from the all-ones vector, which the mean of the features makes a good start)."""
+        N, P = Fx.shape
+        v = np.ones(P) / math.sqrt(P)
+        theta = 0.0
+        for _ in range(n_iter):
+            w = Fx.T @ (Fx @ v) / N
+            theta = float(v @ w)
+            nrm = float(np.linalg.norm(w))
+            if not nrm > 0.0 or not math.isfinite(nrm):
+                break
+            v = w / nrm
+        return theta
+
     def _train(self, p, X, y, W, a, Wref, eval_set, *, readout_only, delta):
         if eval_set is not None:
             if not (isinstance(eval_set, (tuple, list)) and len(eval_set) == 2):
@@ -499,7 +551,18 @@ class WideNetwork:
         B = P if p["batch_size"] is None else p["batch_size"]
         if B > P:
             raise ValueError(f"batch_size must be <= the number of training points ({P}), got {B}")
-        lr = p["lr"] if p["lr"] is not None else self._auto_lr(p, X, W, a, delta, readout_only)
+        self._check_scale(X, "X")
+        if p["lr"] is None:
+            lr = self._auto_lr(p, X, W, a, delta, readout_only)
+            if not (math.isfinite(lr) and lr > 0.0):
+                raise ValueError(f"the automatic lr is {lr:g} for these inputs/initialisation (tangent kernel not "
+                                 f"finite): standardise X, lower init_scale, or give lr")
+        else:
+            lr = p["lr"]
+            theta = self._readout_theta(_features(X, W, p["activation"].compile().phi))
+            bound = 2.0 / (p["weight_decay"] + theta)
+            if lr > bound:
+                raise StepTooLargeError(lr, bound, self._auto_lr(p, X, W, a, delta, readout_only))
         steps = p["steps"]
         act = p["activation"].compile()
         self.activation_ = p["activation"]
@@ -526,7 +589,14 @@ class WideNetwork:
             # with delta = 0 the pull term vanishes; any array of W's shape will do
             Wref_arr = W if delta == 0.0 else np.ascontiguousarray(Wref, dtype=np.float64)
 
-        log_every = p["log_every"] or max(1, steps // 100)
+        if p["log_every"] is not None:
+            log_every = p["log_every"]
+        else:
+            # a log is a forward pass over the full sets (P + P_eval rows); a step is about three
+            # batch-sized passes (forward, backward, update), or two of the readout alone
+            n_eval = 0 if eval_set is None else Xe.shape[0]
+            per_log = (P + n_eval) / ((2.0 if readout_only else 3.0) * B)
+            log_every = min(steps, max(1, steps // 100, math.ceil(per_log / _LOG_BUDGET)))
         events = set(range(log_every, steps + 1, log_every)) | {steps}
         if p["average_from"] is not None:
             avg_start = int(math.floor(p["average_from"] * steps))
@@ -540,9 +610,29 @@ class WideNetwork:
             snap_set = set()
         events = sorted(events)
 
-        hist = {"step": [0], "time": [0.0], "train_loss": [self._mse(X, y, W, a, gamma, act)]}
+        if readout_only:
+            # frozen features: a loss is a product with the readout, no forward pass
+            F_eval = None
+            if eval_set is not None and 8 * N * Xe.shape[0] <= _EVAL_FEATURE_BYTES:
+                F_eval = _features(Xe, W, act.phi)
+
+            def train_mse():
+                return self._mse_frozen(F_all, y, a, gamma)
+
+            def eval_mse():
+                if F_eval is None:
+                    return self._mse(Xe, ye, W, a, gamma, act)
+                return self._mse_frozen(F_eval, ye, a, gamma)
+        else:
+            def train_mse():
+                return self._mse_logged(X, y, W, a, gamma)
+
+            def eval_mse():
+                return self._mse_logged(Xe, ye, W, a, gamma)
+
+        hist = {"step": [0], "time": [0.0], "train_loss": [train_mse()]}
         if eval_set is not None:
-            hist["test_loss"] = [self._mse(Xe, ye, W, a, gamma, act)]
+            hist["test_loss"] = [eval_mse()]
         if readout_only:
             def advance(idx, done):
                 return _run_readout(F_all, y, a, idx, done, lr, gamma, lam, T, scale, noise_seed, partial, r)
@@ -552,14 +642,14 @@ class WideNetwork:
                                  noise_seed, act.phi, act.dphi, H, F, rows, partial, r, Xb)
 
         def log_now(step):
-            loss = self._mse(X, y, W, a, gamma, act)
+            loss = train_mse()
             if not math.isfinite(loss):
                 raise DivergenceError(step, lr)
             hist["step"].append(step)
             hist["time"].append(step * lr)
             hist["train_loss"].append(loss)
             if eval_set is not None:
-                hist["test_loss"].append(self._mse(Xe, ye, W, a, gamma, act))
+                hist["test_loss"].append(eval_mse())
 
         self.W_, self.a_ = W, a
         self.snapshots_ = []
@@ -629,6 +719,27 @@ class WideNetwork:
         if getattr(self, "_pending", None) is None:
             raise RuntimeError("nothing to resume: the last fit/transfer finished (or none was started)")
         return self._continue()
+
+    @staticmethod
+    def _mse_frozen(F, y, a, gamma):
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is reported by the caller
+            f = (a @ F) / (gamma * F.shape[0])
+            return float(np.mean((f - y) ** 2))
+
+    def _mse_logged(self, X, y, W, a, gamma):
+        """The loss of a log entry: a BLAS product per block of rows (the hot loop is the training;
+        logging must stay a few percent of it), temporaries capped at 16 MB."""
+        N, D = W.shape
+        rows = max(1, (2 * 2**20) // N)
+        f = np.empty(X.shape[0])
+        inv = 1.0 / math.sqrt(D)
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is reported by the caller
+            for lo in range(0, X.shape[0], rows):
+                H = X[lo:lo + rows] @ W.T
+                H *= inv
+                f[lo:lo + rows] = self.activation_(H) @ a
+            f /= gamma * N
+            return float(np.mean((f - y) ** 2))
 
     def _mse(self, X, y, W, a, gamma, act):
         f = _forward(X, W, a, gamma, act.phi, min(W.shape[0], _N_CHUNKS))

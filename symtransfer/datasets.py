@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import math
 import zipfile
@@ -353,6 +354,9 @@ def save_transfer_npz(path, data: TransferData) -> None:
 
 
 def _load_npz(path: Path, keys):
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"data file {str(path)!r} is a folder, not an .npz archive")
     try:
         z = np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -391,10 +395,15 @@ def _load_npz(path: Path, keys):
 
 def _read_csv(path: Path):
     """Header + numeric rows of a CSV file, with a per-line error on anything malformed."""
+    if path.is_dir():
+        raise ValueError(f"data file {str(path)!r} is a folder, not a CSV file")
     try:
-        fh = open(path, newline="")
+        # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first column's name
+        fh = open(path, newline="", encoding="utf-8-sig")
     except FileNotFoundError:
         raise ValueError(f"data file {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise ValueError(f"data file {str(path)!r} cannot be read ({exc.strerror or exc})") from None
     with fh:
         # comment lines become blank lines so that reader.line_num stays the file's line number
         reader = csv.reader("\n" if ln.lstrip().startswith("#") else ln for ln in fh)
@@ -409,7 +418,8 @@ def _read_csv(path: Path):
                     if "y" not in header:
                         raise ValueError(f"data file {str(path)!r}, header: needs a column named 'y' (the "
                                          f"targets); got columns {header}")
-                    dup = sorted({h for h in header if header.count(h) > 1})
+                    counts = collections.Counter(header)  # linear: 40k columns were 14 s with list.count
+                    dup = sorted(h for h, n in counts.items() if n > 1)
                     if dup:
                         raise ValueError(f"data file {str(path)!r}, header: duplicate column names {dup}")
                     if "" in header:

@@ -48,14 +48,23 @@ _HYPER = ("gamma", "weight_decay", "temperature")
 
 def kernel_alignment(Phi, y) -> float:
     """Kernel-task alignment ``A = y^T Phi y / (||Phi||_F ||y||^2)`` (docs/theory.md section 5)."""
-    Phi = np.asarray(Phi, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    from ._validation import _real_array
+
+    Phi = _real_array(Phi, "Phi")
+    y = _real_array(y, "y").reshape(-1)
     if Phi.ndim != 2 or Phi.shape != (y.size, y.size):
         raise ValueError(f"Phi must be a square matrix of size len(y) = {y.size}, got shape {Phi.shape}")
-    den = np.linalg.norm(Phi) * float(y @ y)
-    if den == 0.0:
+    if not np.all(np.isfinite(Phi)):
+        raise ValueError("Phi contains non-finite values (nan or inf): the alignment is undefined")
+    if not np.all(np.isfinite(y)):
+        raise ValueError("y contains non-finite values (nan or inf)")
+    # A is scale-free in Phi and y: normalising first keeps ||Phi||_F and y^T y from overflowing
+    # (a kernel of entries 1e300 would otherwise give A = 0)
+    ps, ys = float(np.max(np.abs(Phi))), float(np.max(np.abs(y)))
+    if ps == 0.0 or ys == 0.0:
         raise ValueError("alignment is undefined for a zero kernel or zero targets")
-    return float(y @ Phi @ y / den)
+    Phi, y = Phi / ps, y / ys
+    return float(y @ Phi @ y / (np.linalg.norm(Phi) * float(y @ y)))
 
 
 @dataclass

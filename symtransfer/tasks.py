@@ -49,7 +49,12 @@ class HermiteTeacher:
             raise ValueError(f"teacher must be 'linear' or a dict {{degree: coefficient}}, got {spec!r}")
         if isinstance(spec, dict):
             spec = spec.get("degrees", spec)
-            return cls({int(k): float(v) for k, v in spec.items()})
+            if not isinstance(spec, dict):
+                raise ValueError(f"teacher degrees must be a dict {{degree: coefficient}}, got {spec!r}")
+            try:
+                return cls({int(k): float(v) for k, v in spec.items()})
+            except (TypeError, ValueError):
+                raise ValueError(f"teacher must map integer degrees to real coefficients, got {spec!r}") from None
         raise ValueError(f"teacher must be 'linear' or a dict {{degree: coefficient}}, got {spec!r}")
 
     def __call__(self, z) -> np.ndarray:

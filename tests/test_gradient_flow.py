@@ -528,3 +528,36 @@ def test_bisection_failure_raises_convergence_error(monkeypatch):
     monkeypatch.setattr(gf, "_BISECT_ITERS", 2)
     with pytest.raises(ConvergenceError, match="eq. \\(7.4\\)"):
         gf.source_kernel(2.0, 0.3, nu1=2.0, source_noise=0.5)
+
+
+@pytest.mark.slow
+def test_limited_source_kernel_matches_wide_network():
+    """eqs. (7.3), (7.5) against a simulated width-4000 linear network (Gaussian X1, P1 = D/2, noisy).
+
+    Width-N fluctuations of ``u^T Sigma_w u`` are ``sqrt(2/N) (1 + chi)`` (4% tolerance = ~2 sd at N = 4000
+    plus the O(lr) Euler bias); the network's weight vector is the min-norm fit to 2% in the row space of X1.
+    """
+    from symtransfer.sim import WideNetwork
+
+    rng = np.random.default_rng(5)
+    D, P, g = 40, 20, 2.0
+    X = rng.standard_normal((P, D))
+    beta = _unit_teacher(D, rng)
+    y = X @ beta / math.sqrt(D) + 0.5 * rng.standard_normal(P)
+    gamma = g / math.sqrt(D)
+    net = WideNetwork(4000, activation="linear", gamma=gamma, weight_decay=0.0, steps=12000, seed=3,
+                      progress=False).fit(X, y)
+    N = net.W_.shape[0]
+    Sigma = net.W_.T @ net.W_ / N
+    w_net = net.a_ @ net.W_ / (gamma * N)
+    w = np.linalg.lstsq(X / math.sqrt(D), y, rcond=None)[0]
+    chi = math.sqrt(1 + gamma**2 * (w @ w)) - 1
+    u = w / np.linalg.norm(w)
+    # in the row space of X1 the network is the min-norm fit; outside it keeps its initial function,
+    # w_eff(0) = E_N[a w]/gamma, of size sqrt((D - P)/(gamma^2 N)) (zero at infinite width)
+    Q, _ = np.linalg.qr(X.T)
+    w_row = Q @ (Q.T @ w_net)
+    assert np.linalg.norm(w_row - w) / np.linalg.norm(w) < 0.02
+    null = np.linalg.norm(w_net - w_row) / math.sqrt((D - P) / (gamma**2 * N))
+    assert 0.5 < null < 2.0
+    assert u @ Sigma @ u == pytest.approx(1 + chi, rel=0.04)

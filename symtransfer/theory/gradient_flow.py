@@ -403,7 +403,15 @@ def _source(g, lam, nu1, sig1, time=None):
     # weight decay, t = inf, finite data: rank one along a ridge estimate, eq. (7.4)
     sel = decay & ~finite_t & ~inf_data
     if np.any(sel):
-        tt, alive = _solve_tau(g[sel], lam[sel], nu1[sel], sig1[sel])
+        # one root per distinct source (a grid over target parameters repeats the same source)
+        cols = (g[sel], lam[sel], nu1[sel], sig1[sel])
+        order = np.lexsort(cols)
+        srt = np.stack([c[order] for c in cols])
+        new_grp = np.concatenate([[True], np.any(srt[:, 1:] != srt[:, :-1], axis=0)])
+        inv = np.empty(order.size, dtype=np.int64)
+        inv[order] = np.cumsum(new_grp) - 1
+        tu, au = _solve_tau(*(np.ascontiguousarray(row[new_grp]) for row in srt))
+        tt, alive = tu[inv], au[inv]
         qq = _call("ridge_q", tt, nu1[sel], sig1[sel])
         mm = _call("ridge_m", tt, nu1[sel]) * np.ones_like(tt)
         bulk[sel] = 0.0

@@ -182,6 +182,50 @@ def test_weight_decay_whitened_source_kernel_matches_dmft():
             gf.source_kernel(g, 0.0, time=tt).spike, rel=1e-8)
 
 
+@pytest.mark.parametrize("mode", gf.MODES)
+def test_dmft_fine_tuning_is_kernel_regression_with_the_learned_kernel(mode):
+    """eqs. (7.5)-(7.7) end to end at finite D: DMFT source (P1 < D, noisy), then DMFT fine-tuning.
+
+    Readout: ``readout_only=True``; lazy: ``coupling=0`` at ``gamma2 = 1e-3`` (the tangent kernel
+    ``Phi1 + G1 K``, ``G1 = E[a^2] = 1``). Fresh readouts are orthogonal to the population's hidden
+    weights so that the initial function vanishes as at infinite width. Predictions must equal
+    ridgeless kernel regression with ``I + chi u u^T`` (+ ``I`` for lazy) of the min-norm fit, to
+    ``O(dt) + O(gamma2)`` (measured 3e-4 and 2e-4).
+    """
+    rng = np.random.default_rng(8)
+    D, P1, P2, Pt, gamma = 12, 8, 6, 40, 0.6
+    X1 = rng.standard_normal((P1, D))
+    beta = _unit_teacher(D, rng)
+    y1 = X1 @ beta / math.sqrt(D) + 0.5 * rng.standard_normal(P1)
+    X2, Xt = rng.standard_normal((P2, D)), rng.standard_normal((Pt, D))
+    beta2 = 0.7 * beta + math.sqrt(1 - 0.49) * _unit_teacher(D, rng)
+    y2, yt = X2 @ beta2 / math.sqrt(D), Xt @ beta2 / math.sqrt(D)
+    Xe = np.vstack([X2, Xt])
+    M = 200
+    a0, W = _isotropic_population(M, D, rng)
+    src = GradientFlowDMFT(activation="linear", gamma=gamma, weight_decay=0.0, dt=2e-3, t_max=150.0,
+                           early_stop=False).fit(X1, y1, Xe, h0=W @ np.vstack([X1, Xe]).T / math.sqrt(D), a0=a0)
+    H = src.features(Xe)
+    a_new = rng.standard_normal(M)
+    Q, _ = np.linalg.qr(H)
+    a_new -= Q @ (Q.T @ a_new)
+    a_new *= math.sqrt(M) / np.linalg.norm(a_new)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if mode == "readout":
+            tgt = src.transfer(X2, y2, Xt, readout_only=True, dt=2e-3, t_max=200.0, a0=a_new)
+        else:
+            tgt = src.transfer(X2, y2, Xt, gamma=1e-3, coupling=0.0, dt=2e-3, t_max=200.0, a0=a_new)
+    w = np.linalg.lstsq(X1 / math.sqrt(D), y1, rcond=None)[0]
+    chi = math.sqrt(1 + gamma**2 * (w @ w)) - 1
+    u = w / np.linalg.norm(w)
+    C = np.eye(D) * (2.0 if mode == "lazy" else 1.0) + chi * np.outer(u, u)
+    f_krr = (Xt @ C @ X2.T / D) @ np.linalg.solve(X2 @ C @ X2.T / D, y2)
+    f = tgt.predict(Xt)
+    assert np.max(np.abs(f - f_krr)) < 2e-3
+    assert np.mean((f - yt) ** 2) == pytest.approx(np.mean((f_krr - yt) ** 2), abs=1e-3)
+
+
 # ------------------------------------------------------------------ finite-D kernel regression
 def _finite_d_source(D, nu1, sig1, g1, lt, rng):
     """Exact finite-D source kernel (eqs. (7.3)-(7.4) at finite D) and the directions it defines."""

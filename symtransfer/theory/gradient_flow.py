@@ -179,6 +179,8 @@ def _build():
         "random-feature (no transfer) error at ridge r")
     Erich = Gp * (1 - p**2) * r**2 + sig2**2 * V
     add("rich_limit_ridge", Erich, (r, p, nu2, sig2), "(7.11)", "g_1 -> inf with a bulk: r' -> 0")
+    Erich0 = sp.Piecewise(((1 - nu2) * (1 - p**2) + sig2**2 * nu2 / (1 - nu2), nu2 < 1), (sig2**2 / (nu2 - 1), True))
+    add("rich_limit_ridgeless", Erich0, (p, nu2, sig2), "(7.11)", "g_1 -> inf with a bulk, ridgeless (nu_2 != 1)")
     return out
 
 
@@ -467,11 +469,10 @@ def source_spike(g, weight_decay=0.0, *, time=np.inf):
         Pretraining time (units of ``1/nu1``).
     """
     k = source_kernel(g, weight_decay, time=time)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        chi = np.where(np.asarray(k.bulk) > 0, np.asarray(k.spike) / np.where(np.asarray(k.bulk) > 0, k.bulk, 1.0),
-                       np.inf)
-    chi = np.where((np.asarray(k.bulk) == 0) & (np.asarray(k.spike) == 0), 0.0, chi)
-    return _out(chi, np.shape(k.bulk))
+    bulk, spike = np.asarray(k.bulk), np.asarray(k.spike)
+    # bulk 0 (t = inf with weight decay): an infinite ratio, or 0 where the flow collapsed to the zero kernel
+    chi = np.where(bulk > 0, spike / np.where(bulk > 0, bulk, 1.0), np.where(spike > 0, np.inf, 0.0))
+    return _out(chi, bulk.shape)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -623,8 +624,9 @@ def rich_limit_error(nu2, alpha, *, nu1=np.inf, ridge=0.0, noise=0.0, alpha_nois
         E[rid] = _call("rich_limit_ridge", lam2[rid] / c0[rid], p[rid], nu[rid], sig[rid])
     rl = ~r1 & ~rid
     if np.any(rl):
-        # chi = inf in eq. (7.8)
-        e = _target(np.ones(int(rl.sum())), np.full(int(rl.sum()), 1e300), p[rl], nu[rl], lam2[rl], sig[rl])
+        e = _call("rich_limit_ridgeless", p[rl], nu[rl], sig[rl]) * np.ones(int(rl.sum()))
+        at_one = nu[rl] == 1.0
+        e[at_one] = np.where(sig[rl][at_one] > 0, np.inf, 0.0)
         E[rl] = e
     return _out(E, shape)
 

@@ -181,7 +181,8 @@ example: examples/compare.toml""",
   x = "alpha", y = "nu2"        axis parameters: nu1, nu2, alpha, g1, g2, lam1, lam2, T1, T2, coupling,
                                 sigma1, sigma2
   n = 100                       points per axis of the default grids
-  x_values = [...]              or x_grid = {start, stop, num, scale = "linear" | "log"}; same for y
+  x_values = [...]              or x_grid = {start, stop, num, scale = "linear" | "log"};
+  y_values = [...]              or y_grid = {...}
   xscale, yscale                "auto", "linear" or "log"
   title = "..."
   arrays = "diagram.npz"        also save the arrays (relative to the figure's folder)

@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 API_MODULES = ["activations", "sim", "tasks", "theory.linear", "theory.adaptive", "theory.dmft",
-               "theory.proportional", "symbolic", "experiments", "figures", "datasets", "sweep",
+               "theory.proportional", "theory.gradient_flow", "symbolic", "experiments", "figures", "datasets", "sweep",
                "plotting"]
 
 

@@ -311,3 +311,149 @@ def test_sweep_cli_json_config_and_point_list(tmp_path, capsys):
     report = sweep_cli(tmp_path / "c.json", progress=False)
     assert report.n_already_done == 1 and report.n_computed == 0 and report.backend.startswith("none")
     assert "1 points, 1 already in" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- a damaged or shared store
+from symtransfer.errors import MalformedRowWarning, ResultsDatabaseError  # noqa: E402
+
+_PROP = {"methods": ["proportional"], "params": dict(LINEAR), "grid": {"alpha": [0.0, 0.5, 1.0]}}
+
+
+def _table_pages(db, table):
+    """File offsets of the pages of ``table`` (its root page and the pages it links to)."""
+    con = sqlite3.connect(db)
+    try:
+        page_size = con.execute("PRAGMA page_size").fetchone()[0]
+        root = con.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+    finally:
+        con.close()
+    return page_size, root
+
+
+def test_garbage_database_is_named_at_resume_and_at_load(tmp_path):
+    db = tmp_path / "r.db"
+    db.write_bytes(os.urandom(8192))
+    with pytest.raises(ResultsDatabaseError, match=r"results database '.*r\.db' is unusable") as info:
+        run_sweep(_PROP, db, workers=1, progress=False)
+    assert info.value.path == str(db)
+    with pytest.raises(ResultsDatabaseError, match=r"r\.db"):
+        load_results(db)
+    with pytest.raises(ResultsDatabaseError, match=r"r\.db"):
+        load_failures(db)
+
+
+def _stored(db):
+    """A finished store of the three points of _PROP (written directly: no worker processes)."""
+    from symtransfer.sweep import _connect, _store
+
+    con = _connect(db)
+    for i, p in enumerate(expand_config(_PROP)):
+        _store(con, point_key(p), p, {"ok": True, "results": {"test_error_joint": 0.1 * (i + 1)}, "seconds": 0.0})
+    con.close()
+
+
+def test_damaged_failures_page_is_detected_not_nothing_to_do(tmp_path):
+    db = tmp_path / "r.db"
+    _stored(db)
+    assert run_sweep(_PROP, db, workers=1, progress=False).backend.startswith("none")
+    con = sqlite3.connect(db)
+    with con:  # a stored failure, as a failed point leaves it
+        con.execute("INSERT INTO failures VALUES ('k', 'proportional', '{}', 'boom', 'tb', 'now')")
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    page_size, root = _table_pages(db, "failures")
+    raw = bytearray(db.read_bytes())
+    off = (root - 1) * page_size
+    raw[off:off + page_size] = b"\xff" * page_size  # the failures table's page, overwritten
+    db.write_bytes(bytes(raw))
+    with pytest.raises(ResultsDatabaseError, match=r"r\.db. is unusable: .*(integrity check failed|malformed)"):
+        run_sweep(_PROP, db, workers=1, progress=False)  # every point is done: it used to say "nothing to do"
+
+
+def test_one_malformed_row_is_skipped_and_reported(tmp_path):
+    db = tmp_path / "r.db"
+    _stored(db)
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("UPDATE points SET results = '{not json' WHERE rowid = (SELECT MIN(rowid) FROM points)")
+        bad_key = con.execute("SELECT key FROM points WHERE results = '{not json'").fetchone()[0]
+    con.close()
+    with pytest.warns(MalformedRowWarning, match=r"skipped 1 malformed row\(s\) of table 'points'"):
+        df = load_results(db)
+    assert len(df) == 2 and bad_key not in set(df.key)
+    assert [k for k, _ in df.attrs["skipped_rows"]] == [bad_key]
+    assert sorted(df.test_error_joint) == pytest.approx([0.2, 0.3])
+
+
+def test_config_code_needs_an_explicit_opt_in(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "created-by-config"
+    cfg = {"methods": ["subprocess:run"], "params": {"args": ["touch", str(marker)]}}
+    with pytest.raises(ValueError, match=r"'subprocess:run' names a Python function.*allow_code=True"):
+        run_sweep(cfg, tmp_path / "r.db", workers=1, progress=False)
+    with pytest.raises(ValueError, match=r"allow_code=True"):
+        normalise_point({"method": "os:system"})
+    assert not marker.exists() and not (tmp_path / "r.db").exists()
+
+
+_DRIVER = '''
+import json, sys
+from symtransfer.sweep import run_sweep
+cfg = json.loads(sys.argv[1])
+report = run_sweep(cfg, sys.argv[2], workers=1, progress=False, allow_code=True)
+print(json.dumps({"computed": report.n_computed, "done": report.n_already_done, "elsewhere": report.n_elsewhere,
+                  "failures": len(report.failures)}))
+'''
+
+
+def test_two_concurrent_drivers_compute_each_point_once(tmp_path):
+    (tmp_path / "slowpoint_sweeptest.py").write_text(_SLOW_MODULE)
+    db, log = tmp_path / "shared.db", tmp_path / "calls.log"
+    cfg = {"methods": ["slowpoint_sweeptest:evaluate"], "seeds": 2, "params": {"sleep": 0.15},
+           "grid": {"x": list(range(8))}}
+    n_total = 16
+    procs = []
+    for run in ("1", "2"):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+                   SWEEP_TEST_LOG=str(log), SWEEP_TEST_RUN=run)
+        procs.append(subprocess.Popen([sys.executable, "-c", _DRIVER, json.dumps(cfg), str(db)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    reports = []
+    for p in procs:
+        out, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err[-2000:]
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    calls = [ln.split() for ln in log.read_text().splitlines()]
+    # every point evaluated exactly once over both drivers
+    assert sorted((int(x), int(s)) for _, x, s in calls) == sorted((x, s) for x in range(8) for s in range(2))
+    # each report counts what that driver computed, and the rest as done elsewhere
+    for run, rep in zip(("1", "2"), reports):
+        mine = sum(1 for r, _, _ in calls if r == run)
+        assert rep["computed"] == mine and rep["failures"] == 0
+        assert rep["done"] + rep["computed"] + rep["elsewhere"] == n_total
+    assert reports[0]["computed"] + reports[1]["computed"] == n_total
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT COUNT(*), COUNT(DISTINCT key) FROM points").fetchone() == (n_total, n_total)
+    assert con.execute("SELECT COUNT(*) FROM claims").fetchone() == (0,)  # all released
+    con.close()
+
+
+def test_claim_of_a_dead_driver_is_taken_over(tmp_path):
+    db = tmp_path / "r.db"
+    points = expand_config(_PROP)
+    con = sqlite3.connect(db)
+    con.close()
+    from symtransfer.sweep import _connect
+
+    con = _connect(db)
+    import socket
+
+    with con:  # a claim left by a driver killed with SIGKILL (pid that no longer exists)
+        con.execute("INSERT INTO claims VALUES (?, 'dead', ?, ?, 'then')",
+                    (point_key(points[0]), socket.gethostname(), 2**22 + 12345))
+        con.execute("INSERT INTO claims VALUES (?, 'remote', 'another-host', 1, 'then')",
+                    (point_key(points[1]),))
+    con.close()
+    report = run_sweep(_PROP, db, workers=1, progress=False)
+    assert report.n_computed == 2 and report.n_elsewhere == 1 and not report.complete
+    assert "left to another driver" in str(report)

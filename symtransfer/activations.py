@@ -979,6 +979,8 @@ def _gaussian_terms(expr: sp.Expr, allow_erf: bool = False) -> list:
     e = sp.expand(sp.powsimp(sp.expand(e), combine="exp"))
     terms = []
     for term in sp.Add.make_args(e):
+        if term == 0:
+            continue
         c, rest = term.as_independent(x, as_Add=False)
         k, beta, alpha, kind, b = 0, sp.S.Zero, sp.S.Zero, "g", sp.S.Zero
         for f in sp.Mul.make_args(sp.powsimp(rest, combine="exp")):
@@ -1262,14 +1264,20 @@ def _tidy(e: sp.Expr) -> sp.Expr:
     """A real, moderately simplified form (complex exponentials from sin/cos recombined)."""
     e = sp.expand(e)
     if e.has(sp.I):
-        e = sp.expand(sp.expand_complex(e))
-        im = sp.simplify(sp.im(e))
-        if im != 0:
+        # the imaginary unit enters only polynomially (through the means Q'a of imaginary a): split
+        # every term by its power of i instead of asking SymPy for re/im of the whole expression
+        j = sp.Dummy("j")
+        re_part, im_part = [], []
+        for term in sp.Add.make_args(sp.expand(e.subs(sp.I, j))):
+            coef, n = term.as_coeff_exponent(j)
+            n = int(n)
+            (re_part if n % 2 == 0 else im_part).append(coef * (-1) ** (n // 2))
+        if sp.expand(sp.Add(*im_part)) != 0:
             raise _NoClosedForm("complex kernel")
-        e = sp.re(e)
-    # simplify only small expressions: on the long Price forms it costs tens of seconds for a shorter print
-    if sp.count_ops(e) > 150:
-        return sp.factor_terms(e)
+        e = sp.Add(*re_part)
+    # simplify only small expressions: on long forms it costs seconds for a shorter print
+    if sp.count_ops(e) > 80:
+        return e
     try:
         return sp.simplify(sp.factor_terms(e))
     except Exception:  # simplification is cosmetic

@@ -134,29 +134,15 @@ def _complement_basis(V, X, tol=1e-10):
 
 @functools.lru_cache(maxsize=64)
 def _asymptotic_slopes(act):
-    """Slopes ``(a+, a-)`` of ``phi(x) ~ a+- x`` at ``x -> +-inf`` (zero for bounded ``phi``).
+    """Slopes ``(a+, a-)`` of ``phi(x) ~ a+- x`` at ``x -> +-inf`` (zero for bounded ``phi``), derived
+    once on the activation (:attr:`symtransfer.activations.Activation.asymptotic_slopes`).
 
     The tilt of eq. (2.4) along a ray ``z = t e`` grows like ``t^2 (v . phi_inf(L e))^2`` with
     ``phi_inf(u) = a+ max(u, 0) + a- min(u, 0)``; this decides normalisability (eq. (2.6)).
     """
-    if act.growth == "bounded":
-        return 0.0, 0.0
-    import sympy as sp
-
-    from ..activations import x as xs
-
-    out = []
-    for direction in (sp.oo, -sp.oo):
-        try:
-            lim = sp.limit(act.expr / xs, xs, direction)
-            val = float(lim)
-            if not math.isfinite(val):
-                raise ValueError
-        except Exception:  # undecidable: the largest slope on a sample of large |x| is conservative
-            t = np.array([1e3, 1e4, 1e5]) * (1.0 if direction == sp.oo else -1.0)
-            val = float(np.max(np.abs(act(t) / t)))
-        out.append(val)
-    return out[0], out[1]
+    ap, am = act.asymptotic_slopes
+    # superlinear phi reach the sampler only at gamma = 0, where no tilt (and no edge) exists
+    return (ap, am) if math.isfinite(ap) and math.isfinite(am) else (0.0, 0.0)
 
 
 def _kappa(v, L, slopes, starts, n_ascent=20):
@@ -200,28 +186,15 @@ _NO_KINKS = _Kinks(np.zeros(0), np.zeros(0), np.zeros(0))
 
 @functools.lru_cache(maxsize=64)
 def _kinks(act):
-    """:class:`_Kinks` of an activation (linearity checked at three interior points of each piece and
-    far out on the unbounded ones)."""
+    """:class:`_Kinks` of an activation, from its symbolic pieces
+    (:attr:`symtransfer.activations.Activation.linear_pieces`)."""
     loc = np.sort(np.asarray(act.kinks, dtype=np.float64))
     if loc.size == 0:
         return _NO_KINKS
-    edges = np.concatenate([[loc[0] - 4.0], loc, [loc[-1] + 4.0]])
-    pa, pb = [], []
-    for i in range(loc.size + 1):
-        lo, hi = edges[i], edges[i + 1]
-        pts = lo + (hi - lo) * np.array([0.25, 0.5, 0.75])
-        if i == 0:
-            pts = np.append(pts, loc[0] - 1e3)
-        if i == loc.size:
-            pts = np.append(pts, loc[-1] + 1e3)
-        vals = np.asarray(act(pts), dtype=np.float64)
-        a = (vals[1] - vals[0]) / (pts[1] - pts[0])
-        b = vals[0] - a * pts[0]
-        if not np.allclose(vals, a * pts + b, rtol=1e-12, atol=1e-12):
-            return _Kinks(loc, np.zeros(0), np.zeros(0))
-        pa.append(a)
-        pb.append(b)
-    return _Kinks(loc, np.array(pa), np.array(pb))
+    pl = act.linear_pieces
+    if pl is None:
+        return _Kinks(loc, np.zeros(0), np.zeros(0))
+    return _Kinks(np.ascontiguousarray(pl[0]), np.ascontiguousarray(pl[1]), np.ascontiguousarray(pl[2]))
 
 
 def _gauss_pair_moments(phi, kinks, mA, mB, R, sA, sB, sym=False):
@@ -1217,7 +1190,46 @@ class _AdaptiveBase:
         self.Phi_ = 0.5 * (Phi + Phi.T)
         self.v_ = v
         self.Phi_stderr_ = _batch_stderr(psi, rep.w, rep.u, rep.batch, rep.n_batches)
-        self.mc_error_ = float(np.linalg.norm(self.Phi_stderr_) / np.linalg.norm(self.Phi_))
+        norm = float(np.linalg.norm(self.Phi_))
+        err = float(np.linalg.norm(self.Phi_stderr_))
+        # a kernel that vanishes identically (phi = 0) is known exactly: no relative error to report
+        self.mc_error_ = err / norm if norm > 0.0 else (0.0 if err == 0.0 else math.inf)
+
+
+_LARGE_VARIANCE = 1e2
+
+
+def _rediagnosed(exc, X, s2):
+    """``exc`` with the data scale named when it is the likely cause: preactivation variances
+    ``s^2 |x|^2/D`` far above 1 make the tilt exp(c (v.phi)^2) so sharp that no sample size resolves
+    it, which "increase n_samples" would misdiagnose."""
+    var = s2 * float(np.max(np.sum(X * X, axis=1))) / X.shape[1]
+    if not var > _LARGE_VARIANCE:
+        return exc
+    msg = (f"{exc.args[0] if exc.args else exc}. Note: the prior preactivation variance "
+           f"s^2 |x|^2/D = {var:.3g} is far above 1 (X has rms {math.sqrt(var / s2):.3g} per feature): the data "
+           "scale, not n_samples, is the likely cause; standardise X (unit variance per feature)")
+    if isinstance(exc, EdgeOfNormalisabilityError):
+        new = EdgeOfNormalisabilityError(msg)
+        new.taus = exc.taus
+    elif type(exc) is ConvergenceError:
+        new = ConvergenceError(msg)
+    else:
+        return exc
+    new.residuals = exc.residuals
+    return new
+
+
+_MAX_VARIANCE = 1e100
+
+
+def _check_scale(X, s2, name="X"):
+    """Refuse data whose preactivation variances overflow float64 when squared (kernels are quadratic
+    in them): the failure would otherwise surface deep inside the sampler as NaN error bars."""
+    var = s2 * float(np.max(np.sum(X * X, axis=1))) / X.shape[1]
+    if not var <= _MAX_VARIANCE:
+        raise ValueError(f"{name} is too large: the prior preactivation variance s^2 |x|^2/D reaches {var:.3g} "
+                         f"(accepted up to {_MAX_VARIANCE:g}); rescale {name} (e.g. unit variance per feature)")
 
 
 def _check_common(est):
@@ -1352,6 +1364,7 @@ class AdaptiveKernel(_AdaptiveBase):
         """
         act, gamma, lam, T, n_samples, n_chains, tol, max_iter, seed = self._validated()
         X, y = check_Xy(X, y)
+        _check_scale(X, T / lam)
         if gamma > 0.0 and act.growth == "superlinear":
             raise _no_saddle(act)
         self.activation_ = act
@@ -1376,12 +1389,22 @@ class AdaptiveKernel(_AdaptiveBase):
             return self
         c = gamma**2 / (2.0 * self.s2_)
         V, L = _row_basis(X)
+        if V.shape[1] == 0:
+            # every training preactivation is 0: the tilt is a constant, the measure is the prior,
+            # and the lazy kernel (phi(0)^2 on the training set) is exact
+            self.Phi_ = self._lazy_kernel(X, X)
+            self.v_ = np.linalg.solve(self.Phi_ + lam * np.eye(P), y)
+            self._set_exact_diagnostics()
+            return self
         n_keep = max(n_samples // n_chains, 1)
         draw = _ESSDraw(L, self.s2_, c, act.compile().phi, _asymptotic_slopes(act), np.zeros((n_chains, V.shape[1])),
                         n_burn=max(n_keep // 4, 16), n_keep=n_keep, quenched=False, seed=seed,
                         kinks=_kinks(act))
-        v, ss, w, Phi, H, hist, n_iter, n_draws, cond = _solve(draw, y, lam, c, tol, max_iter,
-                                                               condense=self.edge == "condensate")
+        try:
+            v, ss, w, Phi, H, hist, n_iter, n_draws, cond = _solve(draw, y, lam, c, tol, max_iter,
+                                                                   condense=self.edge == "condensate")
+        except ConvergenceError as exc:
+            raise _rediagnosed(exc, X, self.s2_) from None
         batch = np.repeat(np.arange(n_chains), n_keep)
         if ss.cv is not None:
             mu, C = ss.q
@@ -1473,6 +1496,7 @@ class AdaptiveTransfer(_AdaptiveBase):
         n_inner = check_int("n_inner", self.n_inner, low=2)
         seed = src.seed + 1 if self.seed is None else check_int("seed", self.seed, low=0)
         X2, y2 = check_Xy(X2, y2, "X2", "y2", n_features=src.X_.shape[1])
+        _check_scale(X2, max(src.s2_, T / lam), "X2")
         self.activation_ = src.activation_
         self.X_, self.y_ = X2, y2
         self.s2_ = T / lam

@@ -11,7 +11,10 @@ from .sweep import SweepReport, load_results, run_sweep
 from .symbolic import SaddlePointSystem, derive
 from .tasks import HermiteTeacher, Task, TransferPair, make_task, make_transfer_pair
 from .theory.adaptive import AdaptiveKernel, AdaptiveTransfer
+from .theory import gradient_flow
 from .theory.dmft import GradientFlowDMFT, StepSizeError
+from .theory.gradient_flow import (finetune_error, optimal_source_strength, rich_limit_error, scratch_error,
+                                   source_kernel, source_spike)
 from .theory.linear import LinearTheory, LinearTransferTheory
 from .theory.proportional import PhaseDiagram, SourceState, phase_diagram, source_state, target_error, transfer_gain
 
@@ -32,6 +35,13 @@ __all__ = [
     "AdaptiveTransfer",
     "GradientFlowDMFT",
     "StepSizeError",
+    "gradient_flow",
+    "source_spike",
+    "source_kernel",
+    "finetune_error",
+    "scratch_error",
+    "rich_limit_error",
+    "optimal_source_strength",
     "compare_transfer",
     "TransferTable",
     "run_experiment",

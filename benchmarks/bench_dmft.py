@@ -7,7 +7,11 @@ logging), so "time per unit of training time" compares like with like. Printed:
 * population vs WideNetwork at equal width (target >= 5x): a step costs O(M P^2) for the population
   against O(N P D) for the network, and evaluation preactivations are never integrated step by step;
 * population (Numba) vs a plain NumPy/BLAS implementation of the same population step, run in the
-  same process.
+  same process;
+* the error-controlled step (``dt=None``, docs/theory.md eq. (4.8)) against WideNetwork at D = 784
+  over the same training time (target >= 5x), and against a fixed Euler step of equal accuracy
+  (the fixed step is halved until its error against a tight-tolerance reference is no larger than
+  the adaptive run's), on the linear source-spike case and on a ReLU case with lambda = 0.
 
 Run: ``.venv/bin/python benchmarks/bench_dmft.py [--width 1000] [--steps 40]``.
 """
@@ -62,6 +66,7 @@ def main():
     ap.add_argument("--dim", type=int, default=784)
     ap.add_argument("--n-train", type=int, default=200)
     ap.add_argument("--n-eval", type=int, default=200)
+    ap.add_argument("--skip-accuracy", action="store_true", help="skip the equal-accuracy comparison")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     D, P, Pe, N = args.dim, args.n_train, args.n_eval, args.width
@@ -123,6 +128,80 @@ def main():
     print(f"ratio NumPy / DMFT (Numba) : {r_np / r_pop:6.2f}x marginal")
     print(f"flop ratio 2D/P per step   : {2 * D / P:6.2f}   (network O(N P D) vs population O(M P^2))")
     assert math.isfinite(pop.history_["train_loss"][-1])
+
+    # the adaptive step over the same training time as the network's runs (S and 2S steps of lr)
+    def time_adaptive(t_end):
+        pa = GradientFlowDMFT("relu", gamma=gamma, weight_decay=lam, population=N, t_max=t_end, n_records=11,
+                              early_stop=False, seed=1)
+        t0 = time.perf_counter()
+        pa.fit(X, y, Xe, y_eval=ye)
+        return time.perf_counter() - t0, pa
+
+    ta = [min(time_adaptive(n * dt)[0] for _ in range(2)) for n in (S_pop, 2 * S_pop)]
+    pa = time_adaptive(2 * S_pop * dt)[1]
+    r_ad = rate(ta, S_pop)
+    print(f"adaptive step (dt=None)    : {r_ad:6.2f} s per unit time marginal, {pa.n_rhs_} right-hand sides for "
+          f"t = {2 * S_pop * dt:g} (mean step {2 * S_pop * dt / max(pa.n_steps_, 1):.2e})")
+    print(f"ratio WideNetwork / DMFT (adaptive step): {r_net / r_ad:6.2f}x marginal   (target >= 5x)")
+    if not args.skip_accuracy:
+        equal_accuracy()
+
+
+def _whitened(P, D, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((P, D))
+    s, U = np.linalg.eigh(X.T @ X / P)
+    X = X @ U @ np.diag(s ** -0.5) @ U.T
+    beta = rng.standard_normal(D)
+    beta *= math.sqrt(D) / np.linalg.norm(beta)
+    return X, X @ beta / math.sqrt(D)
+
+
+def equal_accuracy():
+    """Adaptive step against the fixed Euler step that reaches the same error, same process."""
+    import warnings
+
+    warnings.simplefilter("ignore")
+    rng = np.random.default_rng(1)
+    Xr = rng.standard_normal((48, 16))
+    Xre = rng.standard_normal((48, 16))
+    beta = rng.standard_normal(16)
+    beta *= 4.0 / np.linalg.norm(beta)
+
+    def teacher(Z):
+        z = Z @ beta / 4.0
+        return z + (z * z - 1.0) / math.sqrt(2.0)
+
+    Xl, yl = _whitened(160, 8)
+    cases = [
+        ("linear, g = 3, P = 160, D = 8 (source spike)", "linear", dict(gamma=3 / math.sqrt(8), weight_decay=0.0,
+                                                                          population=2000, t_max=0.5), Xl, yl, Xl),
+        ("relu, lambda = 0, P = 48, D = 16, M = 300", "relu", dict(gamma=1.0, weight_decay=0.0, population=300,
+                                                                    t_max=4.0), Xr, teacher(Xr), Xre),
+    ]
+    print("\nadaptive step vs fixed Euler step of equal accuracy (error: RMS over the held-out predictor and "
+          "the learned kernel Phi, relative to their RMS, against rtol = 1e-6)")
+    for name, act, kw, Xa, ya, Xb in cases:
+        def run(**extra):
+            pop = GradientFlowDMFT(act, early_stop=False, n_records=5, record_spacing="uniform", **kw, **extra)
+            t0 = time.perf_counter()
+            pop.fit(Xa, ya, Xb)
+            return time.perf_counter() - t0, pop, np.concatenate([pop.predict(Xb), pop.kernel(Xa).ravel()])
+
+        _, _, ref = run(rtol=1e-6)
+        scale = math.sqrt(np.mean(ref ** 2))
+        ta, pa, fa = run()
+        ea = math.sqrt(np.mean((fa - ref) ** 2)) / scale
+        dtf = 0.25 * 2.0 / (np.max(np.linalg.eigvalsh(pa.Phi_t_[0] + pa.G_t_[0] * (Xa @ Xa.T / Xa.shape[1]))))
+        while True:
+            tf, pf, ff = run(dt=dtf, check_stability=False)
+            ef = math.sqrt(np.mean((ff - ref) ** 2)) / scale
+            if ef <= ea or pf.n_steps_ > 200 * pa.n_rhs_:
+                break
+            dtf /= 2
+        print(f"{name}: adaptive {pa.n_rhs_} RHS ({pa.n_steps_} steps, {pa.n_rejected_} rejected), error {ea:.2e}, "
+              f"{ta:.2f} s; Euler dt={dtf:.2e}: {pf.n_steps_} steps, error {ef:.2e}, {tf:.2f} s; "
+              f"ratio fixed/adaptive {tf / ta:.2f}x")
 
 
 if __name__ == "__main__":

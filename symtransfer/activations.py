@@ -1277,7 +1277,11 @@ def _tidy(e: sp.Expr) -> sp.Expr:
         e = sp.Add(*re_part)
     # simplify only small expressions: on long forms it costs seconds for a shorter print
     if sp.count_ops(e) > 80:
-        return e
+        if e.has(sp.asin, sp.acos, sp.exp):
+            return e
+        # Gaussian integrals are rational in det(I + QA)^(1/2): one fraction factors them compactly
+        f = sp.factor(sp.together(e))
+        return f if sp.count_ops(f) < sp.count_ops(e) else e
     try:
         return sp.simplify(sp.factor_terms(e))
     except Exception:  # simplification is cosmetic

@@ -166,8 +166,14 @@ def test_compiled_nonlinear_lazy_limit_is_exact_kernel_ridge(data):
 
 
 def test_superlinear_activation_has_no_saddle_point():
-    with pytest.raises(NoSaddlePointError, match="GradientFlowDMFT"):
-        derive("single", "quadratic").compile()
+    """As in AdaptiveKernel: no equilibrium for x**3, exp, quadratic; the gradient-flow system says so."""
+    for spec in ("quadratic", "x**3", "exp(x)"):
+        with pytest.raises(NoSaddlePointError, match="GradientFlowDMFT") as info:
+            derive("single", spec)
+        assert "dynamics='gradient_flow'" in str(info.value)
+    gf = derive("scratch", "x**3", dynamics="gradient_flow")
+    assert any("no equilibrium saddle point" in n for n in gf.notes)
+    assert "No equilibrium saddle point" in gf.latex() or "no equilibrium saddle point" in gf.latex()
 
 
 def test_bad_arguments_are_rejected(single_linear, data):
@@ -214,7 +220,8 @@ def test_markdown_and_cli(tmp_path):
     out = tmp_path / "joint.tex"
     msg = derive_cli("tanh", "joint", str(out), False)
     assert str(out) in msg and out.read_text().startswith(r"\documentclass")
-    assert "SaddlePointSystem" in derive_cli("relu", "finetune", None, False)
+    text = derive_cli("relu", "finetune", None, False)
+    assert text.startswith("Saddle-point equations (equilibrium), setting finetune") and "\\" not in text
     with pytest.raises(ValueError, match="mutually exclusive"):
         derive_cli("relu", "single", str(out), True)
     with pytest.raises(ValueError, match="setting"):
@@ -258,3 +265,92 @@ def test_brand_new_activation_end_to_end():
     lazy = system.compile().solve(X, y, gamma=0.0, weight_decay=1.0, temperature=1.0)
     assert np.max(np.abs(f_ak - lazy.predict(Xt))) > 0.025
     assert np.max(np.abs(f_net - lazy.predict(Xt))) > 0.025
+
+
+# ------------------------------------------------------------------ gradient flow
+def test_gradient_flow_equations_substitute_phi_and_solve_the_fixed_point():
+    gf = derive("scratch", "relu", dynamics="gradient_flow")
+    dh, da, r = (gf.equations[k] for k in ("dh/dt", "da/dt", "r"))
+    assert dh.rhs.has(sp.Heaviside) and da.rhs.has(sp.Max) and r.rhs.has(Expectation)
+    assert not dh.rhs.has(S.delta)  # scratch: no elastic coupling
+    sig_a = gf.fixed_point["Sigma_a"].lhs
+    assert sp.simplify(gf.fixed_point["a*"].rhs - S.gamma * sig_a / S.lam) == 0
+    joint = derive("joint", "tanh", dynamics="gradient_flow")
+    assert joint.equations["dh/dt"].rhs.has(S.delta)
+    hstar = joint.fixed_point["h*"].rhs
+    assert hstar.has(S.delta) and sp.limit(hstar, S.delta, sp.oo).has(sp.Function(r"h_{\mathrm{ref}}"))
+    lazy = derive("lazy_finetune", "erf", dynamics="gradient_flow")
+    k2 = lazy.protocol["kernel"].rhs
+    assert {str(s) for s in k2.free_symbols} == {r"\Phi_1(X_2, X_2)", r"G_1(X_2, X_2)", "K_{22}"}
+    ft = derive("finetune", "erf", dynamics="gradient_flow")
+    assert ft.equations["dh/dt"].rhs == 0
+    with pytest.raises(ValueError, match="gradient-flow protocol"):
+        derive("lazy_finetune", "erf")
+    with pytest.raises(ValueError, match="dynamics"):
+        derive("scratch", "erf", dynamics="langevin")
+
+
+def test_gradient_flow_linear_closed_forms_come_from_the_theory_module():
+    from symtransfer.theory import gradient_flow
+
+    exprs = gradient_flow.expressions()
+    gf = derive("finetune", "linear", dynamics="gradient_flow")
+    assert set(gf.closed_forms) == set(exprs)
+    for name, e in exprs.items():
+        assert gf.closed_forms[name][0].rhs == e.expr
+    assert derive("scratch", "relu", dynamics="gradient_flow").closed_forms == {}
+
+
+_KNOWN_MACROS = {
+    "documentclass", "usepackage", "allowdisplaybreaks", "begin", "end", "section", "subsection", "texttt",
+    "text", "mathrm", "mathbb", "mathcal", "frac", "partial", "left", "right", "langle", "rangle", "cdot", "quad",
+    "sim", "mid", "to", "infty", "times", "sqrt", "operatorname", "phi", "Phi", "gamma", "lambda", "delta",
+    "kappa", "dot", "mu", "nu", "eta", "chi", "rho", "Sigma", "Pi", "sigma", "pi", "theta", "log", "exp", "sin",
+    "cos", "tanh", "sinh", "cosh", "min", "max", "sum", "limits", "resizebox", "linewidth", "displaystyle",
+    "cup", "Theta", "operatorname", "odot", "propto", "tilde", "lambdatilde", "alpha", "xi", "tau", "hat",
+    "geq", "leq", "wedge", "vee", "neq", "infty", "otherwise", "for", "Gamma", "atan",
+}
+
+
+def _check_tex_text(text):
+    import re
+
+    bad = [c for c in text if ord(c) < 32 and c != "\n"]
+    assert not bad, f"control characters {bad!r} in the document"
+    macros = set(re.findall(r"\\([A-Za-z]+)", text))
+    assert macros <= _KNOWN_MACROS, macros - _KNOWN_MACROS
+
+
+@pytest.mark.parametrize("setting, dynamics", [("scratch", "equilibrium"), ("joint", "equilibrium"),
+                                               ("finetune", "equilibrium"), ("scratch", "gradient_flow"),
+                                               ("lazy_finetune", "gradient_flow"), ("finetune", "gradient_flow")])
+def test_documents_have_clean_text(setting, dynamics):
+    spec = "linear" if setting == "finetune" and dynamics == "gradient_flow" else "x*exp(-x**2/4)"
+    system = derive(setting, spec, dynamics=dynamics)
+    _check_tex_text(system.latex())
+    md = system.markdown()
+    assert md.count("$$") % 2 == 0 and "\t" not in md
+    text = str(system)
+    assert "φ(x) =" in text and "φ′(x) =" in text and "\\" not in text and "\t" not in text
+    if dynamics == "equilibrium":
+        # the dual-kernel section prints the derived closed form
+        assert "8*q12/(q11*q22 + 2*q11 - q12**2 + 2*q22 + 4)**(3/2)" in text
+
+
+def test_pdflatex_compiles_both_dynamics_for_a_new_activation(tmp_path):
+    exe = shutil.which("pdflatex")
+    if exe is None:
+        pytest.skip("pdflatex is not on PATH (install TeX Live, e.g. `apt-get install texlive-latex-recommended`)")
+    for name, system in [("eq", derive("scratch", "x*exp(-x**2/4)")),
+                         ("gf", derive("joint", "x*exp(-x**2/4)", dynamics="gradient_flow")),
+                         ("lin", derive("finetune", "linear", dynamics="gradient_flow"))]:
+        tex = tmp_path / f"{name}.tex"
+        system.latex(tex)
+        proc = subprocess.run([exe, "-interaction=nonstopmode", "-halt-on-error", tex.name], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout[-2000:]
+        pdf = tmp_path / f"{name}.pdf"
+        assert pdf.stat().st_size > 0
+        if shutil.which("pdftotext"):
+            words = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True).stdout
+            assert "ext(" not in words and "growth at infinity" in words

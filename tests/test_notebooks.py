@@ -53,6 +53,11 @@ def test_notebook_is_clean_and_runs(executed, name):
     nb, errors, _ = executed[name]
     assert errors == []
     assert all(c.get("execution_count") is not None for c in nb.cells if c.cell_type == "code")
+    # fast mode shows its figures too: one PNG output per show(fig) call
+    n_show = sum(c.source.count("show(fig)") for c in stored.cells if c.cell_type == "code" and "def show" not in c.source)
+    pngs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+            if "image/png" in o.get("data", {})]
+    assert n_show >= 1 and len(pngs) == n_show
 
 
 def test_tour_theory_matches_simulation(executed):

@@ -291,3 +291,37 @@ def test_disagreement_picks_the_worst_rows():
     assert w["z"]["x"] == 2 and w["z"]["z"] == pytest.approx(5.0)
     assert w["z_paired"]["x"] == 1 and w["z_paired"]["z_paired"] == pytest.approx(20.0)
     assert w["rel"]["x"] == 1 and w["rel"]["rel"] == pytest.approx(0.2)
+
+
+def test_outputs_are_checked_before_any_point_is_computed(tmp_path, monkeypatch):
+    calls = []
+    exp = F.EXPERIMENTS["phase-diagram"]
+    monkeypatch.setitem(F.EXPERIMENTS, "phase-diagram",
+                        dataclasses.replace(exp, evaluate=lambda p: calls.append(p) or exp.evaluate(p)))
+    with pytest.raises(ValueError, match=r"database .*missing.* does not exist"):
+        F.run_experiment("phase-diagram", tmp_path / "out", fast=True, db=tmp_path / "missing" / "x.sqlite",
+                         progress=False)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match=r"output folder .*file' exists and is not a folder"):
+        F.run_experiment("phase-diagram", tmp_path / "file", fast=True, progress=False)
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(b"garbage" * 1000)
+    from symtransfer.errors import ResultsDatabaseError
+
+    with pytest.raises(ResultsDatabaseError, match=r"bad\.sqlite"):
+        F.run_experiment("phase-diagram", tmp_path / "out", fast=True, db=bad, progress=False)
+    assert calls == []
+
+
+def test_summary_explains_its_numbers(tmp_path, monkeypatch, capsys):
+    rows = [{"panel": "p", "method": m, "setting": "joint", "quantity": "test_error", "x_name": "x", "x": 1.0,
+             "mean": mean, "sem": 0.1, "paired_diff": pd, "paired_diff_sem": pds}
+            for m, mean, pd, pds in (("theory", 1.0, "", ""), ("simulation", 1.2, 0.2, 0.01))]
+    fake = F.ExperimentRun("phase-diagram", tmp_path / "a.png", tmp_path / "a.pdf", tmp_path / "a.csv",
+                           tmp_path / "a.sqlite", 2, 0, 2, [], 0.1, rows)
+    monkeypatch.setattr(F, "run_experiment", lambda *a, **k: fake)
+    F.experiment_cli("phase-diagram", tmp_path)
+    out = capsys.readouterr().out
+    assert F.DISAGREEMENT_LEGEND in out
+    assert "largest paired |sim - theory| / sem" in out and "= 20" in out
+    assert "systematic gap" in out and "standard error over seeds" in out

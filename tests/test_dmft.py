@@ -603,3 +603,12 @@ def test_predict_before_fit_and_fitted_attributes():
         pop.transfer(X, y, mode="frozen")
     with pytest.raises(ValueError, match="coupling"):
         pop.transfer(X, y, mode="lazy", coupling=1.0)
+
+
+def test_lazy_kernel_and_kernel_form_on_untracked_inputs():
+    src, X2, y2, Xt, yt = _source_and_target()
+    tgt = src.transfer(X2, y2, mode="lazy", weight_decay=0.3, t_max=1e4)
+    Xn = Xt[:4]
+    np.testing.assert_allclose(tgt.kernel(Xn, X2), _tangent_kernel(src, Xn, X2), rtol=1e-10, atol=1e-12)
+    # at t -> infinity the linearised flow is kernel ridge regression with its tangent kernel
+    np.testing.assert_allclose(tgt.predict(Xn), tgt.predict_kernel(Xn), rtol=1e-6, atol=1e-9)

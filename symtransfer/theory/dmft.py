@@ -503,7 +503,10 @@ class GradientFlowDMFT:
     history_ : dict of arrays
         ``"time"``, ``"train_loss"``, ``"test_loss"`` (if ``y_eval`` was given; mean squared errors;
         ``"eval_loss"`` is a deprecated alias), ``"step"`` (steps taken), ``"dt"`` (step in use),
-        ``"phi_change"`` (relative change of ``Phi`` per unit time).
+        ``"phi_change"`` (relative change of ``Phi`` per unit time: the instantaneous rate from the
+        right-hand side with the adaptive ``T = 0`` step, a difference quotient between records otherwise).
+        After a lazy :meth:`transfer`, ``Phi_`` and ``ntk_`` are the tangent kernel ``Theta1`` and
+        ``a_`` is zero (the linearised flow has no population readouts).
     Phi_t_, G_t_ : ndarray (n_records, P, P)
         ``Phi(t) = E[phi(h) phi(h)^T]`` and ``G(t) = E[a^2 phi'(h) phi'(h)^T]`` on the training inputs.
     Phi_ : ndarray (P, P)
@@ -1219,6 +1222,8 @@ class GradientFlowDMFT:
         P = self.n_train_
         if np.all(idx >= 0):
             return self._Phi_all[idx, :P]
+        if hasattr(self, "_lazy"):
+            return self._lazy_theta(self._source._features_any(X, "X"), self.H_[:, :P], X, self.X_all_[:P])
         phi = self._act.compile().phi
         Fx = _features(phi, phi, np.ascontiguousarray(self._features_any(X)), self.a_, False)[0]
         Ft = _features(phi, phi, np.ascontiguousarray(self.H_[:, :P]), self.a_, False)[0]
@@ -1233,6 +1238,9 @@ class GradientFlowDMFT:
             XB, ib = self._lookup(XB, "XB")
         if np.all(ia >= 0) and np.all(ib >= 0):
             return self._Phi_all[np.ix_(ia, ib)].copy()
+        if hasattr(self, "_lazy"):  # the tangent kernel of the linearised flow
+            return self._lazy_theta(self._source._features_any(XA, "XA"), self._source._features_any(XB, "XB"),
+                                    XA, XB)
         phi = self._act.compile().phi
         M = self.H_.shape[0]
         FA = _features(phi, phi, np.ascontiguousarray(self._features_any(XA, "XA")), self.a_, False)[0]

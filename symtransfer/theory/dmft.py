@@ -391,10 +391,16 @@ def _top_eigenvalue(A: np.ndarray, v0: np.ndarray, iters: int = 60) -> tuple[flo
 
 def _is_linear(act) -> bool:
     """``phi(h) = c h``: the population law then enters the dynamics through second moments only."""
+    return _is_linear_expr(sp.srepr(act.expr))
+
+
+@functools.lru_cache(maxsize=64)
+def _is_linear_expr(srepr: str) -> bool:
+    expr = sp.sympify(srepr)
     try:
-        d = sp.diff(act.expr, _x)
-        return not d.free_symbols and sp.simplify(act.expr - d * _x) == 0
-    except Exception:  # pragma: no cover - exotic expressions
+        d = sp.diff(expr, _x)
+        return not d.free_symbols and sp.simplify(expr - d * _x) == 0
+    except (TypeError, ValueError, AttributeError):  # pragma: no cover - exotic expressions
         return False
 
 

@@ -612,3 +612,14 @@ def test_lazy_kernel_and_kernel_form_on_untracked_inputs():
     np.testing.assert_allclose(tgt.kernel(Xn, X2), _tangent_kernel(src, Xn, X2), rtol=1e-10, atol=1e-12)
     # at t -> infinity the linearised flow is kernel ridge regression with its tangent kernel
     np.testing.assert_allclose(tgt.predict(Xn), tgt.predict_kernel(Xn), rtol=1e-6, atol=1e-9)
+
+
+def test_target_predicts_untracked_inputs_through_the_source():
+    """A target started from a source gets its features at new inputs from the source (eq. (4.7) there,
+    then (4.4) for the target): tracking the test inputs at transfer time or not gives the same
+    numbers, since both targets integrate the same training dynamics from the same source draws."""
+    src, X2, y2, Xt, yt = _source_and_target(act="relu", M=400)
+    with_eval = src.transfer(X2, y2, Xt, gamma=0.7, coupling=0.5, t_max=1.0, early_stop=False)
+    without = src.transfer(X2, y2, gamma=0.7, coupling=0.5, t_max=1.0, early_stop=False)
+    np.testing.assert_allclose(without.predict(Xt), with_eval.predict(Xt), rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(without.features(Xt), with_eval.features(Xt), rtol=1e-9, atol=1e-11)

@@ -992,7 +992,9 @@ def sweep_cli(config_path, db_path=None, scheduler=None, local_cluster=False, wo
     base = config_path.resolve().parent
     if db_path is None:
         db = cfg.get("db")
-        db_path = (base / db) if db else config_path.with_suffix(".db")
+        if db is not None and not isinstance(db, str):
+            raise ValueError(f"config key 'db' must be a file name, got {db!r}")
+        db_path = (base / Path(db).expanduser()) if db else config_path.with_suffix(".db")
     report = run_sweep(cfg, db_path, scheduler=scheduler, local_cluster=local_cluster, workers=workers,
                        progress=progress, base_dir=base, allow_code=allow_code)
     print(report)

@@ -779,8 +779,12 @@ def advise(X1, y1, X2, y2, *, activation="relu", dynamics="gradient_flow", X_tes
         raise ValueError("verify and progress must be True or False")
     if dynamics == "equilibrium" and not linear and "lazy" in protocols:
         protocols = tuple(p for p in protocols if p != "lazy")  # documented: no public G_1 of the sampler
-    if dynamics == "equilibrium" and not linear:
-        act.compile()
+    if dynamics == "equilibrium" and act.growth == "superlinear":
+        from .errors import NoSaddlePointError
+
+        # refused before any computation, with the same reason AdaptiveKernel gives (eq. (2.6))
+        raise NoSaddlePointError(f"activation {activation!r} grows faster than linearly: the equilibrium theory "
+                                 f"does not exist for it (docs/theory.md eq. (2.6)); use dynamics='gradient_flow'")
 
     cfg = dict(dynamics=dynamics, activation=activation, linear=linear, gammas=list(gammas), gammas2=list(gammas2),
                couplings=list(couplings), pretrain_times=list(pretrain_times) if dynamics == "gradient_flow"

@@ -1266,6 +1266,10 @@ def _tidy(e: sp.Expr) -> sp.Expr:
     if e.has(sp.I):
         # the imaginary unit enters only polynomially (through the means Q'a of imaginary a): split
         # every term by its power of i instead of asking SymPy for re/im of the whole expression
+        # phases exp(i c) from shifted sines become cos c + i sin c, so i is polynomial everywhere
+        e = sp.expand(e.replace(
+            lambda a: isinstance(a, sp.exp) and a.args[0].has(sp.I),
+            lambda a: sp.exp(sp.re(a.args[0])) * (sp.cos(sp.im(a.args[0])) + sp.I * sp.sin(sp.im(a.args[0])))))
         j = sp.Dummy("j")
         re_part, im_part = [], []
         for term in sp.Add.make_args(sp.expand(e.subs(sp.I, j))):
@@ -1275,6 +1279,8 @@ def _tidy(e: sp.Expr) -> sp.Expr:
         if sp.expand(sp.Add(*im_part)) != 0:
             raise _NoClosedForm("complex kernel")
         e = sp.Add(*re_part)
+        if e.has(j):
+            raise _NoClosedForm("the imaginary unit enters non-polynomially")
     # simplify only small expressions: on long forms it costs seconds for a shorter print
     if sp.count_ops(e) > 80:
         if e.has(sp.asin, sp.acos, sp.exp):

@@ -21,11 +21,13 @@ A_, C_, B_ = (np.array(v) for v in zip(*_PTS))
 # exp, sign, monomials, rectified monomials) and families a lookup table does not have
 CASES = [
     ("relu", "arc-cosine"), ("leaky_relu(0.2)", "arc-cosine"), ("Max(0, x) - 0.3*Max(0, -x)", "arc-cosine"),
+    ("0.3*Min(0, x) + 2*Max(0, x)", "arc-cosine"),  # ABReLU
     ("abs", "arc-cosine"), ("x*Heaviside(x)", "arc-cosine"), ("Max(0, x)**2", "arc-cosine"),
     ("Max(0, x)**3", "arc-cosine"), ("sign", "arc-cosine"), ("step", "arc-cosine"),
     ("x + Max(0, x)**2 - 2*Heaviside(-x)", "arc-cosine"),
     ("erf", "price"), ("erf(2*x)", "price"), ("x*erf(x)", "price"), ("gelu", "price"), ("x + erf(x)", "price"),
-    ("sin", "gaussian"), ("cos(2*x)", "gaussian"), ("x*cos(x)", "gaussian"), ("exp(x)", "gaussian"),
+    ("sin", "gaussian"), ("cos(2*x)", "gaussian"), ("sin(x + 1)", "gaussian"),
+    ("sqrt(2)*sin(sqrt(2)*x + pi/4)", "gaussian"),  # neural-tangents' Rbf: kernel exp(-|x - x'|^2) ("x*cos(x)", "gaussian"), ("exp(x)", "gaussian"),
     ("exp(-x**2/2)", "gaussian"), ("x*exp(-x**2/4)", "gaussian"), ("x**2*exp(-x**2)", "gaussian"),
     ("x**3", "gaussian"), ("quadratic", "gaussian"),
 ]
@@ -95,12 +97,12 @@ def test_known_closed_forms():
 
 
 def test_zero_variance_and_compiled_kernels():
-    step, relu, gelu = Activation("step"), Activation("relu"), Activation("gelu")
+    step, relu, erf = Activation("step"), Activation("relu"), Activation("erf")
     # a zero variance pins u at 0, where the step takes H(0) = 1/2 (the derivative convention is 0)
     assert step.dual_kernel(0.0, 0.0, 1.0) == pytest.approx(0.25, abs=1e-15)
     assert step.dual_kernel(0.0, 0.0, 0.0) == pytest.approx(0.25, abs=1e-15)
     assert relu.derivative_dual_kernel(0.0, 0.0, 1.0) == 0.0
-    for act in (relu, gelu):
+    for act in (relu, erf):  # arc-cosine (zero-variance branch) and Price kernels compiled by Numba
         comp = act.compile()
         for a, c, b in [(1.0, 0.3, 0.8), (0.0, 0.0, 1.3), (2.0, -math.sqrt(2.0 * 0.7), 0.7)]:
             assert comp.kappa(a, c, b) == pytest.approx(act.dual_kernel(a, c, b), rel=1e-13, abs=1e-15)
@@ -133,3 +135,31 @@ def test_gaussian_equivalence_and_exact_hermite():
     gelu = Activation("gelu")
     exact = gelu.hermite_coefficients(6, exact=True)
     np.testing.assert_allclose([float(e) for e in exact], gelu.hermite_coefficients(6), atol=1e-13)
+
+
+@pytest.mark.parametrize("spec", ["gelu", "x*exp(-x**2/4)"])
+def test_adaptive_lazy_limit_closed_form_agrees_with_quadrature_and_is_faster(spec):
+    """AdaptiveKernel at gamma = 0 (NNGP kernel ridge regression, eq. (2.7)) with the derived kernel and
+    with the quadrature path, back to back: same kernel and predictions, the closed form faster (the
+    ratio in benchmarks/bench_symbolic.py is ~10^2-10^3)."""
+    import time
+
+    from symtransfer.theory.adaptive import AdaptiveKernel
+
+    rng = np.random.default_rng(5)
+    X, Xt = rng.standard_normal((40, 6)), rng.standard_normal((30, 6))
+    y = np.tanh(X[:, 0])
+    closed, quad = Activation(spec), Activation(spec, closed_form=False)
+    closed.dual_kernel(1.0, 0.5, 1.0)  # the one-off derivation is not part of the comparison
+    times, preds, kernels = {}, {}, {}
+    for name, act in (("closed", closed), ("quad", quad)):
+        t0 = time.perf_counter()
+        m = AdaptiveKernel(act, gamma=0.0).fit(X, y)
+        preds[name] = m.predict(Xt)
+        times[name] = time.perf_counter() - t0
+        kernels[name] = m.Phi_
+    np.testing.assert_allclose(kernels["closed"], kernels["quad"], rtol=0, atol=1e-11)
+    np.testing.assert_allclose(preds["closed"], preds["quad"], rtol=0, atol=1e-10)
+    ratio = times["quad"] / times["closed"]
+    print(f"{spec}: lazy AdaptiveKernel quadrature/closed-form time ratio {ratio:.0f}")
+    assert ratio > 3.0

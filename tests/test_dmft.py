@@ -337,7 +337,8 @@ def test_default_settings_reproduce_the_source_spike(g):
     inputs (the infinite-data source). Default step and population: the adaptive step puts the
     integration error below 1e-3, and the moment-matched initial draw (init="auto" for linear phi)
     makes the population's law exact in its second moments, which are all a linear population's
-    dynamics depend on, so the M = 2000 default has no Monte Carlo error in chi (i.i.d. draws: ~3%)."""
+    dynamics depend on, so the M = 2000 default has no Monte Carlo error in chi (i.i.d. draws: standard
+    deviation 7% at g = 1 and 1.2% at g = 3 over six seeds)."""
     D, P = 8, 160
     X, y, beta = _whitened(P, D)
     pop = GradientFlowDMFT("linear", gamma=g / math.sqrt(D), weight_decay=0.0).fit(X, y)

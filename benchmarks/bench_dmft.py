@@ -110,8 +110,8 @@ def main():
     pop = time_pop(S)[1]
     t_np = [min(time_np(n, pop) for _ in range(2)) for n in (S_pop, 2 * S_pop)]
 
-    def rate(t, n):  # seconds per unit of training time, marginal
-        return max(t[1] - t[0], 1e-9) / (n * dt)
+    def rate(t, n):  # seconds per unit of training time, marginal (nan: the longer run was not slower)
+        return (t[1] - t[0]) / (n * dt) if t[1] > t[0] else math.nan
 
     r_net, r_pop, r_np = rate(t_net, S), rate(t_pop, S_pop), rate(t_np, S_pop)
     # total time per unit training time of one full run each, fixed costs included

@@ -32,6 +32,22 @@ Experiments (:data:`EXPERIMENTS`):
     the closed form :func:`~symtransfer.theory.proportional.target_error` is compared with linear
     width-``N`` simulations at finite ``D`` (and with the exact finite-``D`` theory on the same
     data, :class:`~symtransfer.theory.linear.LinearTheory`).
+``gf-finetune``
+    Gradient flow (``T = lambda = 0``), linear networks: readout fine-tuning error against ``nu2``
+    from the closed forms of docs/theory.md section 7 (:mod:`~symtransfer.theory.gradient_flow`),
+    for infinite source data, limited noisy source data, and limited source data with source weight
+    decay (where the kernel collapses to rank one and transfer turns negative at large ``nu2``);
+    points: width-N networks trained by gradient descent, the readout solved on their features.
+``gf-source-strength``
+    The same against the source strength ``g1 = gamma1 sqrt(D)``, with the optimum ``g1*(nu2)``.
+``gf-polynomial``
+    Gradient flow, ReLU: target test loss against time for transfer (source hidden weights, fresh
+    readout, coupling 0) and scratch, single-index Hermite teachers easy->hard (He1 -> He2) and
+    hard->easy (He2 -> He1); lines: :class:`~symtransfer.theory.dmft.GradientFlowDMFT`, points:
+    width-N networks.
+``gf-digits``
+    Gradient flow, ReLU, digits: early-stopped (minimum over time of the held-out loss) and final
+    target loss of scratch, readout fine-tuning and jointly rich transfer against ``gamma2``.
 
 Sizes: ``fast=True`` gives a tiny version (seconds, used by the tests); the full sizes are those
 behind docs/figures/ (commands and wall times in docs/figures/README.md).
@@ -128,6 +144,55 @@ _CONFIGS = {
                      width=64, steps=600, lr=0.02, average_from=0.25, max_snapshots=50, seeds=[0, 1]),
     },
 }
+
+# Gradient flow (docs/theory.md section 7 and section 4), T = lambda = 0 unless a panel sets weight decay.
+_CONFIGS.update({
+    "gf-finetune": {
+        "full": dict(dim=128, width=1000, n_line=61, n_draws=8, seeds=[0, 1, 2, 3], panels={
+            "infinite source data": dict(nu1=math.inf, g1=2.0, source_noise=0.0, weight_decay=0.0, ridge=0.0,
+                                         noise=0.0, curves=[[0.0, 0.0], [0.5, 0.0], [0.8, 0.0], [1.0, 0.0]],
+                                         nu2_range=[0.02, 0.98], nu2_sim=[0.25, 0.5, 0.75], t1=3.0, lr=0.002),
+            "limited source data": dict(nu1=0.5, g1=2.0, source_noise=0.5, weight_decay=0.0, ridge=0.0, noise=0.0,
+                                        curves=[[0.5, 0.0], [0.5, 0.6], [0.5, -0.6]], nu2_range=[0.02, 0.98],
+                                        nu2_sim=[0.25, 0.5, 0.75], t1=60.0, lr=0.01),
+            "limited source data, weight decay": dict(nu1=2.0, g1=1.5, source_noise=0.7, weight_decay=0.3,
+                                                      ridge=0.05, noise=0.0, curves=[[0.6, 0.0], [0.6, 0.5]],
+                                                      nu2_range=[0.05, 2.0], nu2_sim=[0.25, 0.75, 1.5], t1=15.0,
+                                                      lr=0.002)}),
+        "fast": dict(dim=16, width=200, n_line=9, n_draws=4, seeds=[0, 1], panels={
+            "infinite source data": dict(nu1=math.inf, g1=2.0, source_noise=0.0, weight_decay=0.0, ridge=0.0,
+                                         noise=0.0, curves=[[0.0, 0.0], [1.0, 0.0]], nu2_range=[0.1, 0.9],
+                                         nu2_sim=[0.5], t1=2.0, lr=0.005),
+            "limited source data, weight decay": dict(nu1=2.0, g1=1.5, source_noise=0.7, weight_decay=0.3,
+                                                      ridge=0.05, noise=0.0, curves=[[0.6, 0.0]],
+                                                      nu2_range=[0.1, 2.0], nu2_sim=[1.5], t1=6.0, lr=0.005)}),
+    },
+    "gf-source-strength": {
+        "full": dict(dim=40, width=500, n_line=61, n_draws=8, seeds=[0, 1, 2], nu2s=[0.2, 0.5, 1.0, 2.0], g1_range=[0.05, 20.0],
+                     g1_sim=[0.25, 0.5, 1.0, 2.0, 4.0], nu2_range=[0.1, 5.0],
+                     panel=dict(nu1=2.0, source_noise=1.0, weight_decay=0.2, ridge=0.1, noise=0.0, alpha=0.8,
+                                alpha_noise=0.0, t1=25.0, lr=0.0025)),
+        "fast": dict(dim=16, width=200, n_line=9, n_draws=4, seeds=[0, 1], nu2s=[0.5, 2.0], g1_range=[0.1, 10.0],
+                     g1_sim=[0.5, 2.0], nu2_range=[0.2, 4.0],
+                     panel=dict(nu1=2.0, source_noise=1.0, weight_decay=0.2, ridge=0.1, noise=0.0, alpha=0.8,
+                                alpha_noise=0.0, t1=8.0, lr=0.005)),
+    },
+    "gf-polynomial": {
+        "full": dict(dim=16, n_source=128, n_target=64, n_test=500, activation="relu", gamma=1.0, t1=6.0, t_max=6.0,
+                     n_times=31, population=4000, width=4000, lr=0.002, seeds=[0, 1, 2],
+                     pairs={"easy to hard": [{"1": 1.0}, {"2": 1.0}], "hard to easy": [{"2": 1.0}, {"1": 1.0}]}),
+        "fast": dict(dim=8, n_source=24, n_target=16, n_test=50, activation="relu", gamma=1.0, t1=1.0, t_max=1.0,
+                     n_times=5, population=200, width=200, lr=0.01, seeds=[0, 1],
+                     pairs={"easy to hard": [{"1": 1.0}, {"2": 1.0}]}),
+    },
+    "gf-digits": {
+        "full": dict(source="3-8", targets=["5-8", "0-1"], n_source=100, n_target=20, activation="relu",
+                     gamma1=1.0, gammas=[0.25, 0.5, 1.0, 2.0], t1=8.0, t_max=8.0, population=2000, width=2000,
+                     lr=0.005, seeds=[0, 1, 2]),
+        "fast": dict(source="3-8", targets=["5-8"], n_source=20, n_target=10, activation="relu", gamma1=1.0,
+                     gammas=[0.5, 2.0], t1=1.0, t_max=1.0, population=200, width=200, lr=0.01, seeds=[0, 1]),
+    },
+})
 
 
 def experiment_config(name: str, fast: bool = False) -> dict:
@@ -534,6 +599,584 @@ _PHASE_COLUMNS = ("nu1", "nu2", "g1", "g2", "lam1", "lam2", "T1", "T2", "sigma1"
                   "width", "steps")
 
 
+# =========================================================================== gradient flow (THEORY §7)
+# The four gf-* experiments: gradient flow (T = 0) from a random initialisation, lambda = 0.
+# Closed forms (docs/theory.md section 7) and the population (GradientFlowDMFT, section 4) as lines,
+# width-N networks trained by full-batch gradient descent as points.
+
+def _unit_teacher(dim, rng):
+    beta = rng.standard_normal(dim)
+    return beta * (math.sqrt(dim) / np.linalg.norm(beta))
+
+
+def _whitened(P, D, rng):
+    """``P >= D`` inputs with ``X^T X = P I`` exactly: gradient flow on them is gradient flow on
+    infinite data (the empirical covariance is the population one), docs/theory.md eq. (7.2b)."""
+    U, _, Vt = np.linalg.svd(rng.standard_normal((P, D)), full_matrices=False)
+    return math.sqrt(P) * U @ Vt
+
+
+_GF_SOURCE_KEYS = ("dim", "nu1", "g1", "source_noise", "weight_decay", "width", "t1", "lr", "seed")
+
+
+@lru_cache(maxsize=8)
+def _gf_linear_source(key):
+    """A linear width-N network after gradient descent on the source (T = 0), docs/theory.md §7.
+
+    ``nu1 = inf`` stands for infinite source data: ``2D`` whitened inputs (exact, eq. (7.2b));
+    otherwise ``round(nu1 D)`` Gaussian inputs with label noise ``source_noise``. The flow runs
+    with the sum-loss weight decay ``lambda = weight_decay * nu1`` (the per-unit-``nu1`` convention
+    of section 7). Returns ``(Sigma, beta, xi)``: the learned weight covariance ``W^T W / N``, the
+    source teacher and the unit finite-sample noise direction of eq. (7.5) (zero for infinite data).
+    """
+    from .sim import WideNetwork
+
+    p = dict(key)
+    D, nu1 = p["dim"], p["nu1"]
+    rng = np.random.default_rng(np.random.SeedSequence([p["seed"], 71]))
+    beta = _unit_teacher(D, rng)
+    if math.isinf(nu1):
+        X1 = _whitened(2 * D, D, rng)
+        y1 = X1 @ beta / math.sqrt(D)
+    else:
+        P1 = max(1, round(nu1 * D))
+        X1 = rng.standard_normal((P1, D))
+        y1 = X1 @ beta / math.sqrt(D) + p["source_noise"] * rng.standard_normal(P1)
+    lam = p["weight_decay"] * (X1.shape[0] / D)
+    net = WideNetwork(p["width"], "linear", gamma=p["g1"] / math.sqrt(D), weight_decay=lam, temperature=0.0,
+                      lr=p["lr"], steps=max(1, math.ceil(p["t1"] / p["lr"])), seed=p["seed"],
+                      progress=False).fit(X1, y1)
+    W = net.W_
+    Sigma = W.T @ W / W.shape[0]
+    # the source's own estimate of beta (the network's predictor), minus its beta component
+    w_eff = W.T @ net.a_ / (net.gamma * W.shape[0])
+    xi = w_eff - (w_eff @ beta) / D * beta
+    nx = np.linalg.norm(xi)
+    xi = xi / nx if (not math.isinf(nu1)) and nx > 0 else np.zeros(D)
+    return Sigma, beta, xi
+
+
+def _gf_target_teacher(beta, xi, alpha, alpha_noise, rng):
+    """``beta2 = alpha beta + alpha_noise sqrt(D) xi + sqrt(1 - alpha^2 - alpha_noise^2) beta_perp``
+    (docs/theory.md section 7.4)."""
+    D = beta.size
+    perp = rng.standard_normal(D)
+    for b in ([beta / math.sqrt(D)] + ([xi] if np.any(xi) else [])):
+        perp -= (perp @ b) * b
+    perp *= math.sqrt(D) / np.linalg.norm(perp)
+    rest = max(0.0, 1.0 - alpha**2 - alpha_noise**2)
+    return alpha * beta + alpha_noise * math.sqrt(D) * xi + math.sqrt(rest) * perp
+
+
+def _krr_weight_error(Sigma, X2, y2, beta2, ridge):
+    """``|w_hat - beta2|^2 / D`` of kernel ridge regression with kernel ``x.Sigma x'/D`` and ridge
+    ``ridge`` on ``(X2, y2)``: the readout trained to convergence on features with that covariance
+    (eq. (4.3)); ``ridge = 0`` is the minimum-norm interpolant."""
+    D = X2.shape[1]
+    Kt = X2 @ Sigma @ X2.T / D
+    if ridge > 0:
+        c = np.linalg.solve(Kt + ridge * np.eye(len(y2)), y2)
+    else:
+        c = np.linalg.lstsq(Kt, y2, rcond=None)[0]
+    w = Sigma @ X2.T @ c / math.sqrt(D)
+    return float(np.sum((w - beta2) ** 2) / D)
+
+
+def _evaluate_gf_finetune(p) -> dict:
+    """Target error of readout fine-tuning on a gradient-descent source network's features and of
+    the readout on random features (scratch, eq. (7.10)), one seed, on the same target data."""
+    D = p["dim"]
+    Sigma, beta, xi = _gf_linear_source(_hashable(p, _GF_SOURCE_KEYS))
+    rng = np.random.default_rng(np.random.SeedSequence(
+        [p["seed"], 72, round(1e6 * p["alpha"]) % 2**31, round(1e6 * p["alpha_noise"]) % 2**31,
+         round(1e6 * p["nu2"])]))
+    W0 = np.random.default_rng(np.random.SeedSequence([p["seed"], 73])).standard_normal((p["width"], D))
+    Sigma0 = W0.T @ W0 / p["width"]
+    P2 = max(1, round(p["nu2"] * D))
+    ft, sc = [], []
+    # several target data sets per seed: at finite D one draw fluctuates by O(1/sqrt(D))
+    for _ in range(p["n_draws"]):
+        beta2 = _gf_target_teacher(beta, xi, p["alpha"], p["alpha_noise"], rng)
+        X2 = rng.standard_normal((P2, D))
+        y2 = X2 @ beta2 / math.sqrt(D) + p["noise"] * rng.standard_normal(P2)
+        ft.append(_krr_weight_error(Sigma, X2, y2, beta2, p["ridge"]))
+        sc.append(_krr_weight_error(Sigma0, X2, y2, beta2, p["ridge"]))
+    return {"test_error_finetune": float(np.mean(ft)), "test_error_scratch": float(np.mean(sc))}
+
+
+# --- gf-polynomial: loss against time, DMFT lines and width-N networks --------------------------------
+def _gf_times(cfg):
+    return np.linspace(0.0, cfg["t_max"], cfg["n_times"])
+
+
+@lru_cache(maxsize=8)
+def _gf_poly_task(dim, n_source, n_target, n_test, source_teacher, target_teacher, seed):
+    from .tasks import make_transfer_pair
+
+    return make_transfer_pair(dim, n_source, n_target, n_test, 1.0, teacher=_teacher(dict(source_teacher)),
+                              target_teacher=_teacher(dict(target_teacher)), seed=seed)
+
+
+def _on_grid(history, times, key="test_loss"):
+    """A recorded curve at the experiment's time grid (linear interpolation between records)."""
+    return np.interp(times, history["time"], history[key])
+
+
+@lru_cache(maxsize=4)
+def _gf_poly_source(key):
+    p = dict(key)
+    pair = _gf_poly_task(p["dim"], p["n_source"], p["n_target"], p["n_test"], p["source_teacher"],
+                         p["target_teacher"], p["seed"])
+    s, t = pair.source, pair.target
+    if p["method"] == "theory":
+        from .theory.dmft import GradientFlowDMFT
+
+        return GradientFlowDMFT(p["activation"], gamma=p["gamma"], weight_decay=0.0, population=p["population"],
+                                t_max=p["t1"], early_stop=False, seed=p["seed"]).fit(
+            s.X_train, s.y_train, np.vstack([t.X_train, t.X_test]))
+    from .sim import WideNetwork
+
+    return WideNetwork(p["width"], p["activation"], gamma=p["gamma"], weight_decay=0.0, temperature=0.0,
+                       lr=p["lr"], steps=max(1, round(p["t1"] / p["lr"])), seed=p["seed"],
+                       progress=False).fit(s.X_train, s.y_train)
+
+
+_GF_POLY_SOURCE_KEYS = ("method", "dim", "n_source", "n_target", "n_test", "source_teacher", "target_teacher",
+                        "seed", "activation", "gamma", "t1", "population", "width", "lr")
+
+
+def _evaluate_gf_poly(p) -> dict:
+    """Target test loss (against the noiseless teacher) on the time grid, for one setting, method, seed."""
+    # the target task depends on the seed and its own teacher only (make_transfer_pair's streams), so
+    # scratch points, which carry no source parameters, see the same target data as transfer points
+    tt = tuple(sorted(p["target_teacher"].items()))
+    st = tuple(sorted(p["source_teacher"].items())) if "source_teacher" in p else tt
+    t = _gf_poly_task(p["dim"], p.get("n_source", 1), p["n_target"], p["n_test"], st, tt, p["seed"]).target
+    times = np.linspace(0.0, p["t_max"], p["n_times"])
+    if p["method"] == "theory":
+        from .theory.dmft import GradientFlowDMFT
+
+        if p["setting"] == "scratch":
+            model = GradientFlowDMFT(p["activation"], gamma=p["gamma"], weight_decay=0.0, population=p["population"],
+                                     t_max=p["t_max"], early_stop=False, seed=p["seed"] + _SCRATCH_SEED).fit(
+                t.X_train, t.y_train, t.X_test, y_eval=t.y_test_clean)
+        else:
+            src = _gf_poly_source(_hashable(p, _GF_POLY_SOURCE_KEYS))
+            model = src.transfer(t.X_train, t.y_train, t.X_test, coupling=0.0, y2_eval=t.y_test_clean,
+                                 t_max=p["t_max"])
+        curve = _on_grid(model.history_, times)
+    else:
+        from .sim import WideNetwork
+
+        steps = max(1, round(p["t_max"] / p["lr"]))
+        every = max(1, steps // (4 * (p["n_times"] - 1)))
+        if p["setting"] == "scratch":
+            model = WideNetwork(p["width"], p["activation"], gamma=p["gamma"], weight_decay=0.0, temperature=0.0,
+                                lr=p["lr"], steps=steps, log_every=every, seed=p["seed"] + _SCRATCH_SEED,
+                                progress=False).fit(t.X_train, t.y_train, eval_set=(t.X_test, t.y_test_clean))
+        else:
+            src = _gf_poly_source(_hashable(p, _GF_POLY_SOURCE_KEYS))
+            model = src.transfer(t.X_train, t.y_train, coupling=0.0, steps=steps, eval_set=(t.X_test, t.y_test_clean))
+        curve = _on_grid(model.history_, times)
+    return {f"test_loss_{i}": float(v) for i, v in enumerate(curve)}
+
+
+def _gf_poly_point(cfg, pair, method, setting, seed) -> dict:
+    src, tgt = cfg["pairs"][pair]
+    p = {"experiment": "gf-polynomial", "method": method, "setting": setting, "pair": pair, "dim": cfg["dim"],
+         "n_source": cfg["n_source"], "n_target": cfg["n_target"], "n_test": cfg["n_test"],
+         "source_teacher": dict(src), "target_teacher": dict(tgt), "activation": cfg["activation"],
+         "gamma": cfg["gamma"], "t1": cfg["t1"], "t_max": cfg["t_max"], "n_times": cfg["n_times"], "seed": seed}
+    if setting == "scratch":  # never sees the source
+        for k in ("n_source", "source_teacher", "t1"):
+            del p[k]
+    if method == "theory":
+        p["population"] = cfg["population"]
+    else:
+        p.update(width=cfg["width"], lr=cfg["lr"])
+    return p
+
+
+def _hermite_label(spec) -> str:
+    return " + ".join(f"{v:g} He{k}" if v != 1 else f"He{k}" for k, v in sorted((int(k), v) for k, v in spec.items()))
+
+
+def _gf_poly_specs(cfg):
+    times = _gf_times(cfg)
+    specs = []
+    for pair, (src, tgt) in cfg["pairs"].items():
+        for method in ("theory", "simulation"):
+            for setting in ("scratch", "joint"):
+                pts = [_gf_poly_point(cfg, pair, method, setting, s) for s in cfg["seeds"]]
+                params = {"pair": pair, "source_teacher": _hermite_label(src), "target_teacher": _hermite_label(tgt),
+                          "dim": cfg["dim"], "n_source": cfg["n_source"], "n_target": cfg["n_target"],
+                          "gamma": cfg["gamma"], "t1": cfg["t1"], "activation": cfg["activation"],
+                          "population": cfg["population"] if method == "theory" else "",
+                          "width": cfg["width"] if method == "simulation" else "",
+                          "lr": cfg["lr"] if method == "simulation" else ""}
+                for i, t in enumerate(times):
+                    meta = {"panel": pair, "method": method, "setting": setting, "quantity": "test_loss",
+                            "x_name": "time", "x": float(t)}
+                    specs.append(_Spec(meta, params, cfg["seeds"], _field(pts, f"test_loss_{i}")))
+    return specs
+
+
+_GF_POLY_COLUMNS = ("pair", "source_teacher", "target_teacher", "dim", "n_source", "n_target", "gamma", "t1",
+                    "activation", "population", "width", "lr")
+
+
+def _plot_gf_poly(cfg, rows):
+    from .plotting import _new_figure
+
+    pairs = list(cfg["pairs"])
+    fig = _new_figure((4.6 * len(pairs), 4.0))
+    axes = fig.subplots(1, len(pairs), squeeze=False)[0]
+    every = max(1, (cfg["n_times"] - 1) // 10)
+    for ax, pair in zip(axes, pairs):
+        src, tgt = cfg["pairs"][pair]
+        for s in ("scratch", "joint"):
+            _theory_line(ax, _select(rows, panel=pair, method="theory", setting=s), s)
+            sim = _select(rows, panel=pair, method="simulation", setting=s)
+            _sim_points(ax, sim[::every], s)
+        ax.set_xlabel("target training time $t$")
+        ax.set_title(f"{pair}: source {_hermite_label(src)} $\\to$ target {_hermite_label(tgt)}", fontsize="medium")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("target test loss (noiseless teacher)")
+    _method_legend(axes[0], settings=("scratch", "joint"), loc="upper right")
+    fig.suptitle(f"gradient flow ($T = \\lambda = 0$), {cfg['activation']} network, D = {cfg['dim']}, "
+                 f"$P_1$ = {cfg['n_source']}, $P_2$ = {cfg['n_target']}, $\\gamma$ = {cfg['gamma']:g}, pretraining "
+                 f"time $t_1$ = {cfg['t1']:g}, jointly rich = fresh readout, coupling 0\nlines: population DMFT "
+                 f"(M = {cfg['population']}, band ± sem over {len(cfg['seeds'])} data sets); points: width-"
+                 f"{cfg['width']} networks, gradient descent (mean ± sem)", fontsize="medium")
+    return fig
+
+
+# --- gf-digits: jointly rich transfer between digit pairs against gamma2, early stopping ---------------
+@lru_cache(maxsize=4)
+def _gf_digits_data(source, target, n_source, n_target, seed):
+    from .datasets import digits_transfer
+
+    return digits_transfer(source, target, n_source=n_source, n_target=n_target, seed=seed)
+
+
+@lru_cache(maxsize=4)
+def _gf_digits_source(key):
+    p = dict(key)
+    d = _gf_digits_data(p["source"], p["target"], p["n_source"], p["n_target"], p["seed"])
+    if p["method"] == "theory":
+        from .theory.dmft import GradientFlowDMFT
+
+        return GradientFlowDMFT(p["activation"], gamma=p["gamma1"], weight_decay=0.0, population=p["population"],
+                                t_max=p["t1"], early_stop=False, seed=p["seed"]).fit(
+            d.X1, d.y1, np.vstack([d.X2, d.X_test]))
+    from .sim import WideNetwork
+
+    return WideNetwork(p["width"], p["activation"], gamma=p["gamma1"], weight_decay=0.0, temperature=0.0,
+                       lr=p["lr"], steps=max(1, round(p["t1"] / p["lr"])), seed=p["seed"],
+                       progress=False).fit(d.X1, d.y1)
+
+
+_GF_DIGITS_SOURCE_KEYS = ("method", "source", "target", "n_source", "n_target", "seed", "activation", "gamma1",
+                          "t1", "population", "width", "lr")
+
+
+def _evaluate_gf_digits(p) -> dict:
+    """Held-out loss curve of one setting: its minimum over time (the early-stopping optimum), when
+    it is reached, and the loss at ``t_max``."""
+    d = _gf_digits_data(p["source"], p["target"], p["n_source"], p["n_target"], p["seed"])
+    setting = p["setting"]
+    if p["method"] == "theory":
+        from .theory.dmft import GradientFlowDMFT
+
+        if setting == "scratch":
+            model = GradientFlowDMFT(p["activation"], gamma=p["gamma2"], weight_decay=0.0, population=p["population"],
+                                     t_max=p["t_max"], early_stop=False, seed=p["seed"] + _SCRATCH_SEED).fit(
+                d.X2, d.y2, d.X_test, y_eval=d.y_test)
+        else:
+            src = _gf_digits_source(_hashable(p, _GF_DIGITS_SOURCE_KEYS))
+            model = src.transfer(d.X2, d.y2, d.X_test, gamma=p["gamma2"], coupling=math.inf if setting == "finetune"
+                                 else 0.0, y2_eval=d.y_test, t_max=p["t_max"])
+    else:
+        from .sim import WideNetwork
+
+        steps = max(1, round(p["t_max"] / p["lr"]))
+        if setting == "scratch":
+            model = WideNetwork(p["width"], p["activation"], gamma=p["gamma2"], weight_decay=0.0, temperature=0.0,
+                                lr=p["lr"], steps=steps, seed=p["seed"] + _SCRATCH_SEED, progress=False).fit(
+                d.X2, d.y2, eval_set=(d.X_test, d.y_test))
+        else:
+            src = _gf_digits_source(_hashable(p, _GF_DIGITS_SOURCE_KEYS))
+            kw = dict(readout_only=True) if setting == "finetune" else dict(coupling=0.0)
+            model = src.transfer(d.X2, d.y2, gamma=p["gamma2"], steps=steps, eval_set=(d.X_test, d.y_test), **kw)
+    h = model.history_
+    i = int(np.argmin(h["test_loss"]))
+    return {"best_test_loss": float(h["test_loss"][i]), "best_time": float(h["time"][i]),
+            "final_test_loss": float(h["test_loss"][-1])}
+
+
+def _gf_digits_point(cfg, target, method, setting, gamma2, seed) -> dict:
+    p = {"experiment": "gf-digits", "method": method, "setting": setting, "source": cfg["source"], "target": target,
+         "n_source": cfg["n_source"], "n_target": cfg["n_target"], "activation": cfg["activation"],
+         "gamma1": cfg["gamma1"], "gamma2": float(gamma2), "t1": cfg["t1"], "t_max": cfg["t_max"], "seed": seed}
+    if setting == "scratch":
+        del p["gamma1"], p["t1"]
+    if method == "theory":
+        p["population"] = cfg["population"]
+    else:
+        p.update(width=cfg["width"], lr=cfg["lr"])
+    return p
+
+
+def _gf_digits_specs(cfg):
+    specs = []
+    for target in cfg["targets"]:
+        for method in ("theory", "simulation"):
+            for setting in _SETTINGS:
+                for g2 in cfg["gammas"]:
+                    pts = [_gf_digits_point(cfg, target, method, setting, g2, s) for s in cfg["seeds"]]
+                    params = {"source": cfg["source"], "target": target, "n_source": cfg["n_source"],
+                              "n_target": cfg["n_target"], "gamma1": cfg["gamma1"], "gamma2": float(g2),
+                              "t1": cfg["t1"], "t_max": cfg["t_max"], "coupling": _COUPLING_OF[setting]({"coupling": 0.0}),
+                              "activation": cfg["activation"],
+                              "population": cfg["population"] if method == "theory" else "",
+                              "width": cfg["width"] if method == "simulation" else "",
+                              "lr": cfg["lr"] if method == "simulation" else ""}
+                    for q in ("best_test_loss", "final_test_loss", "best_time"):
+                        meta = {"panel": f"{cfg['source']} -> {target}", "method": method, "setting": setting,
+                                "quantity": q, "x_name": "gamma2", "x": float(g2)}
+                        specs.append(_Spec(meta, params, cfg["seeds"], _field(pts, q)))
+    return specs
+
+
+_GF_DIGITS_COLUMNS = ("source", "target", "n_source", "n_target", "gamma1", "gamma2", "t1", "t_max", "coupling",
+                      "activation", "population", "width", "lr")
+
+
+def _plot_gf_digits(cfg, rows):
+    from .plotting import _new_figure
+
+    targets = cfg["targets"]
+    fig = _new_figure((4.4 * len(targets), 7.4))
+    axes = fig.subplots(2, len(targets), squeeze=False, sharex=True)
+    shifts = {"scratch": 0.96, "finetune": 1.0, "joint": 1.04}
+    for j, target in enumerate(targets):
+        panel = f"{cfg['source']} -> {target}"
+        for i, (q, what) in enumerate((("best_test_loss", "early-stopped test loss (min over t)"),
+                                       ("final_test_loss", f"test loss at $t$ = {cfg['t_max']:g}"))):
+            ax = axes[i, j]
+            for s in _SETTINGS:
+                _theory_line(ax, _select(rows, panel=panel, method="theory", setting=s, quantity=q), s)
+                _sim_points(ax, _select(rows, panel=panel, method="simulation", setting=s, quantity=q), s,
+                            xshift=shifts[s])
+            ax.set_xscale("log")
+            ax.set_xticks(cfg["gammas"], [f"{g:g}" for g in cfg["gammas"]])
+            ax.minorticks_off()
+            ax.grid(alpha=0.3)
+            if j == 0:
+                ax.set_ylabel(what)
+            if i == 0:
+                ax.set_title(f"source {cfg['source']} $\\to$ target {target}", fontsize="medium")
+            else:
+                ax.set_xlabel("target feature-learning strength $\\gamma_2$")
+    _method_legend(axes[0, 0], figure=True)
+    fig.suptitle(f"digits, gradient flow ($T = \\lambda = 0$), {cfg['activation']} network: $P_1$ = {cfg['n_source']}, "
+                 f"$P_2$ = {cfg['n_target']}, $\\gamma_1$ = {cfg['gamma1']:g}, pretraining time $t_1$ = "
+                 f"{cfg['t1']:g}; jointly rich: coupling 0, fresh readout\nlines: population DMFT (M = "
+                 f"{cfg['population']}); points: width-{cfg['width']} networks (mean ± sem over "
+                 f"{len(cfg['seeds'])} splits)", fontsize="medium")
+    return fig
+
+
+# --- gf-finetune and gf-source-strength: closed forms as lines, networks as points --------------------
+_GF_CF_KEYS = ("nu1", "ridge", "noise", "alpha_noise", "weight_decay", "source_noise")
+
+
+def _gf_closed(setting, nu2, alpha, g1, pan, alpha_noise):
+    """Closed-form target error (docs/theory.md eqs. (7.7)-(7.10)) of one panel's setting."""
+    from .theory import gradient_flow as gf
+
+    if setting == "scratch":
+        return gf.scratch_error(nu2, ridge=pan["ridge"], noise=pan["noise"])
+    return gf.finetune_error(nu2, alpha, g1, nu1=pan["nu1"], ridge=pan["ridge"], noise=pan["noise"],
+                             alpha_noise=alpha_noise, weight_decay=pan["weight_decay"],
+                             source_noise=pan["source_noise"])
+
+
+def _gf_ft_point(cfg, pan, name, g1, nu2, alpha, alpha_noise, seed) -> dict:
+    return {"experiment": name, "method": "simulation", "dim": cfg["dim"], "width": cfg["width"],
+            "nu1": pan["nu1"], "g1": float(g1), "source_noise": pan["source_noise"],
+            "weight_decay": pan["weight_decay"], "t1": pan["t1"], "lr": pan["lr"], "nu2": float(nu2),
+            "alpha": float(alpha), "alpha_noise": float(alpha_noise), "ridge": pan["ridge"], "noise": pan["noise"],
+            "n_draws": cfg["n_draws"], "seed": seed}
+
+
+def _gf_params(cfg, pan, method, g1, alpha, alpha_noise, nu2=""):
+    sim = method == "simulation"
+    return {"nu1": pan["nu1"], "nu2": nu2, "g1": g1, "alpha": alpha, "alpha_noise": alpha_noise,
+            "source_noise": pan["source_noise"], "weight_decay": pan["weight_decay"], "ridge": pan["ridge"],
+            "noise": pan["noise"], "dim": cfg["dim"] if sim else "", "width": cfg["width"] if sim else "",
+            "t1": pan["t1"] if sim else ""}
+
+
+_GF_FT_COLUMNS = ("nu1", "nu2", "g1", "alpha", "alpha_noise", "source_noise", "weight_decay", "ridge", "noise", "dim",
+                  "width", "t1")
+
+
+def _curve_label(alpha, alpha_noise):
+    return f"alpha={alpha:g}" + (f", alpha_noise={alpha_noise:g}" if alpha_noise else "")
+
+
+def _gf_ft_specs(cfg):
+    name = "gf-finetune"
+    specs = []
+    for pname, pan in cfg["panels"].items():
+        line = np.union1d(np.linspace(*pan["nu2_range"], cfg["n_line"]), pan["nu2_sim"])
+        for alpha, an in pan["curves"]:
+            for setting in ("finetune", "scratch"):
+                if setting == "scratch" and (alpha, an) != tuple(pan["curves"][0]):
+                    continue  # scratch does not depend on the teachers' overlap
+                curve = "scratch" if setting == "scratch" else _curve_label(alpha, an)
+                E = _gf_closed(setting, line, alpha, pan["g1"], pan, an)
+                for x, e in zip(line, np.atleast_1d(E)):
+                    meta = {"panel": f"{pname}: {curve}", "method": "theory", "setting": setting,
+                            "quantity": "test_error", "x_name": "nu2", "x": float(x)}
+                    specs.append(_Spec(meta, _gf_params(cfg, pan, "theory", pan["g1"], alpha, an, float(x)), [None],
+                                       _const(float(e))))
+                for x in pan["nu2_sim"]:
+                    pts = [_gf_ft_point(cfg, pan, name, pan["g1"], x, alpha, an, s) for s in cfg["seeds"]]
+                    meta = {"panel": f"{pname}: {curve}", "method": "simulation", "setting": setting,
+                            "quantity": "test_error", "x_name": "nu2", "x": float(x)}
+                    specs.append(_Spec(meta, _gf_params(cfg, pan, "simulation", pan["g1"], alpha, an, float(x)),
+                                       cfg["seeds"], _field(pts, f"test_error_{setting}")))
+    return specs
+
+
+def _gf_ss_specs(cfg):
+    from .theory import gradient_flow as gf
+
+    name = "gf-source-strength"
+    pan = cfg["panel"]
+    alpha, an = pan["alpha"], pan["alpha_noise"]
+    line = np.union1d(np.geomspace(*cfg["g1_range"], cfg["n_line"]), cfg["g1_sim"])
+    specs = []
+    for nu2 in cfg["nu2s"]:
+        curve = f"nu2={nu2:g}"
+        E = _gf_closed("finetune", nu2, alpha, line, pan, an)
+        for x, e in zip(line, E):
+            meta = {"panel": f"error: {curve}", "method": "theory", "setting": "finetune",
+                    "quantity": "test_error", "x_name": "g1", "x": float(x)}
+            specs.append(_Spec(meta, _gf_params(cfg, pan, "theory", float(x), alpha, an, nu2), [None], _const(float(e))))
+        es = float(gf.scratch_error(nu2, ridge=pan["ridge"], noise=pan["noise"]))
+        meta = {"panel": f"error: {curve}", "method": "theory", "setting": "scratch", "quantity": "test_error",
+                "x_name": "g1", "x": 0.0}
+        specs.append(_Spec(meta, _gf_params(cfg, pan, "theory", 0.0, alpha, an, nu2), [None], _const(es)))
+        for x in cfg["g1_sim"]:
+            pts = [_gf_ft_point(cfg, pan, name, x, nu2, alpha, an, s) for s in cfg["seeds"]]
+            meta = {"panel": f"error: {curve}", "method": "simulation", "setting": "finetune",
+                    "quantity": "test_error", "x_name": "g1", "x": float(x)}
+            specs.append(_Spec(meta, _gf_params(cfg, pan, "simulation", float(x), alpha, an, nu2), cfg["seeds"],
+                               _field(pts, "test_error_finetune")))
+    nus = np.geomspace(*cfg["nu2_range"], cfg["n_line"])
+    kw = {k: pan[k] for k in _GF_CF_KEYS}
+    nu1 = kw.pop("nu1")
+    gstar, estar = gf.optimal_source_strength(nus, alpha, nu1, return_error=True, **kw)
+    for x, g, e in zip(nus, np.atleast_1d(gstar), np.atleast_1d(estar)):
+        for q, v in (("g1_star", g), ("test_error_star", e)):
+            meta = {"panel": "optimum", "method": "theory", "setting": "finetune", "quantity": q, "x_name": "nu2",
+                    "x": float(x)}
+            specs.append(_Spec(meta, _gf_params(cfg, pan, "theory", "", alpha, an, float(x)), [None], _const(float(v))))
+    return specs
+
+
+_CURVE_COLORS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:brown")
+
+
+def _plot_curves(ax, rows, panel, curves, quantity="test_error"):
+    for k, curve in enumerate(curves):
+        c = "black" if curve == "scratch" else _CURVE_COLORS[k % len(_CURVE_COLORS)]
+        th = [r for r in _select(rows, panel=f"{panel}: {curve}", method="theory", quantity=quantity)
+              if r["setting"] != "scratch" or curve == "scratch"]
+        ls = "--" if curve == "scratch" else "-"
+        lbl = (curve.replace("alpha_noise=", "@xi=").replace("alpha=", "$\\alpha$=").replace("@xi=", "$\\alpha_\\xi$=")
+               .replace("nu2=", "$\\nu_2$="))
+        ax.plot([r["x"] for r in th], [r["mean"] for r in th], ls=ls, color=c, lw=1.6, label=lbl)
+        sim = _select(rows, panel=f"{panel}: {curve}", method="simulation", quantity=quantity)
+        ax.errorbar([r["x"] for r in sim], [r["mean"] for r in sim], yerr=[r["sem"] for r in sim], fmt="o",
+                    ms=5, color=c, capsize=2.5, lw=0, elinewidth=1.1)
+
+
+def _plot_gf_ft(cfg, rows):
+    from .plotting import _new_figure
+
+    panels = cfg["panels"]
+    fig = _new_figure((4.6 * len(panels), 4.3))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (pname, pan) in zip(axes, panels.items()):
+        curves = ["scratch"] + [_curve_label(a, an) for a, an in pan["curves"]]
+        _plot_curves(ax, rows, pname, curves)
+        ax.set_xlabel("target samples per dimension $\\nu_2 = P_2/D$")
+        src = ("$\\nu_1 = \\infty$" if math.isinf(pan["nu1"]) else
+               f"$\\nu_1$ = {pan['nu1']:g}, $\\sigma_1$ = {pan['source_noise']:g}")
+        wd = f", $\\tilde\\lambda_1$ = {pan['weight_decay']:g}" if pan["weight_decay"] else ", $\\lambda_1$ = 0"
+        rg = f", ridge {pan['ridge']:g}" if pan["ridge"] else ""
+        ax.set_title(f"{pname}\n{src}, $g_1$ = {pan['g1']:g}{wd}{rg}", fontsize="medium")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="best")
+    axes[0].set_ylabel("target test error $|\\hat w_2 - \\beta_2|^2/D$")
+    fig.suptitle(f"gradient-flow readout fine-tuning, linear network and teachers; lines: closed forms "
+                 f"(docs/theory.md §7, $D\\to\\infty$), dashed: scratch\npoints: width-{cfg['width']} networks "
+                 f"trained by gradient descent at D = {cfg['dim']}, readout solved on their features "
+                 f"(mean ± sem over {len(cfg['seeds'])} seeds)", fontsize="medium")
+    return fig
+
+
+def _plot_gf_ss(cfg, rows):
+    from .plotting import _new_figure
+
+    pan = cfg["panel"]
+    fig = _new_figure((10.0, 4.3))
+    ax, ax2 = fig.subplots(1, 2)
+    curves = [f"nu2={n:g}" for n in cfg["nu2s"]]
+    _plot_curves(ax, rows, "error", curves)
+    star = {r["x"]: r["mean"] for r in _select(rows, panel="optimum", quantity="g1_star")}
+    from .theory import gradient_flow as gf
+
+    for k, nu2 in enumerate(cfg["nu2s"]):
+        kw = {k2: pan[k2] for k2 in _GF_CF_KEYS}
+        nu1 = kw.pop("nu1")
+        g, e = gf.optimal_source_strength(nu2, pan["alpha"], nu1, return_error=True, **kw)
+        if math.isfinite(float(g)):
+            ax.plot([float(g)], [float(e)], marker="*", ms=13, color=_CURVE_COLORS[k], mec="black", lw=0)
+        sc = _select(rows, panel=f"error: nu2={nu2:g}", method="theory", setting="scratch")
+        if sc:
+            ax.axhline(sc[0]["mean"], color=_CURVE_COLORS[k], ls=":", lw=1.0)
+    ax.set_xscale("log")
+    ax.set_xlabel("source strength $g_1 = \\gamma_1\\sqrt{D}$")
+    ax.set_ylabel("fine-tuning test error")
+    ax.set_title("error against $g_1$ (stars: optimum $g_1^*$, dotted: scratch)", fontsize="medium")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    xs = sorted(star)
+    ax2.plot(xs, [star[x] for x in xs], color="black", lw=1.6)
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    for axis in (ax2.xaxis, ax2.yaxis):
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(ScalarFormatter())
+        axis.set_minor_formatter(NullFormatter())
+    ax2.set_xlabel("target samples per dimension $\\nu_2$")
+    ax2.set_ylabel("optimal source strength $g_1^*$")
+    ax2.set_title("$g_1^*(\\nu_2)$ decreases with $\\nu_2$", fontsize="medium")
+    ax2.grid(alpha=0.3, which="both")
+    fig.suptitle(f"limited, noisy source data with weight decay: $\\nu_1$ = {pan['nu1']:g}, $\\sigma_1$ = "
+                 f"{pan['source_noise']:g}, $\\tilde\\lambda_1$ = {pan['weight_decay']:g}, target ridge "
+                 f"{pan['ridge']:g}, $\\alpha$ = {pan['alpha']:g}\nlines: closed forms (docs/theory.md §7); points: width-"
+                 f"{cfg['width']} networks at D = {cfg['dim']} ({len(cfg['seeds'])} seeds)", fontsize="medium")
+    return fig
+
+
 # =========================================================================== table machinery
 @dataclass
 class _Spec:
@@ -912,6 +1555,21 @@ EXPERIMENTS: dict[str, Experiment] = {
     "phase-diagram": Experiment(
         "phase-diagram", "proportional-limit phase diagrams and a line cut against linear simulations",
         _phase_specs, _evaluate_phase, _plot_phase, _PHASE_COLUMNS),
+    "gf-finetune": Experiment(
+        "gf-finetune", "gradient flow: readout fine-tuning error vs nu2 (closed forms, linear networks), infinite and "
+        "limited source data, negative transfer with source weight decay",
+        _gf_ft_specs, _evaluate_gf_finetune, _plot_gf_ft, _GF_FT_COLUMNS),
+    "gf-source-strength": Experiment(
+        "gf-source-strength", "gradient flow: fine-tuning error vs source strength g1 with the optimum g1*(nu2)",
+        _gf_ss_specs, _evaluate_gf_finetune, _plot_gf_ss, _GF_FT_COLUMNS),
+    "gf-polynomial": Experiment(
+        "gf-polynomial", "gradient flow, ReLU: target loss vs time, easy->hard and hard->easy Hermite teachers, "
+        "DMFT against width-N networks",
+        _gf_poly_specs, _evaluate_gf_poly, _plot_gf_poly, _GF_POLY_COLUMNS),
+    "gf-digits": Experiment(
+        "gf-digits", "gradient flow, ReLU, digits: early-stopped and final target loss vs gamma2, DMFT against "
+        "networks",
+        _gf_digits_specs, _evaluate_gf_digits, _plot_gf_digits, _GF_DIGITS_COLUMNS),
 }
 
 

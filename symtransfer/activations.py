@@ -670,6 +670,40 @@ class Activation:
         k = self._kernel()
         return k.description if k.derived else f"polar quadrature ({k.why_not})"
 
+    def conditional_mean_expr(self):
+        """``E[phi(m + s xi)]``, ``xi ~ N(0, 1)``, as a SymPy expression in ``m`` and ``q = s^2`` for smooth
+        ``phi`` of the Gaussian class (real exponents) or with ``erf`` factors; ``None`` otherwise.
+        (Piecewise-linear ``phi`` have their closed form per piece, see :attr:`linear_pieces`.)"""
+        def build():
+            if not self.closed_form:
+                return None
+            try:
+                return _derive_shifted_mean(self.expr)
+            except Exception:
+                return None
+
+        return self._memo("cmean", build)
+
+    def conditional_mean_njit(self):
+        """``@njit`` ``mean(m, s)`` compiled from :meth:`conditional_mean_expr` (``phi(m)`` at ``s = 0``),
+        or ``None``; used by the adaptive solver for features of inputs outside the sampled span."""
+        def build():
+            e = self.conditional_mean_expr()
+            if e is None:
+                return None
+            f = nb.njit(sp.lambdify((_MEAN_M, _QV), e, modules=[{"erf": math.erf}, "math"]))
+            phi = self._base_compiled().phi
+
+            @nb.njit
+            def mean(m, s):
+                if s == 0.0:
+                    return phi(m)
+                return f(m, s * s)
+
+            return mean
+
+        return self._memo("cmean_njit", build)
+
     def gaussian_mean_expr(self):
         """``E[phi(u)]``, ``u ~ N(0, q)``, as a SymPy expression in ``q`` (``None`` without a closed form)."""
         def build():
@@ -1085,6 +1119,44 @@ def _erf_mean(k: int, b, q):
 
 def _term_mean(t: _GTerm, q):
     return t.c * _erf_mean(t.k, t.b, q) if t.kind == "erf" else _gauss_mean(t, q)
+
+
+def _shifted_mean(t: _GTerm, m, q):
+    """E[t(u)] for u ~ N(m, q): E_{N(m,q)}[g] = e^{-m^2/(2q)} E_{N(0,q)}[g(u) e^{m u/q}] for a Gaussian-class
+    term; Stein's lemma with a mean, E[u f(u)] = m E[f(u)] + q E[f'(u)], for c u^k erf(b u)."""
+    if t.kind == "erf":
+        return t.c * _shifted_erf_mean(t.k, t.b, m, q)
+    A = 2 * t.beta
+    # the exponent -m^2/(2q) + (alpha + m/q)^2 q'/2 over one denominator: no 1/q left to cancel numerically
+    arg = (t.alpha**2 * q + 2 * t.alpha * m - A * m**2) / (2 * (1 + A * q))
+    mean, var = (t.alpha * q + m) / (1 + A * q), q / (1 + A * q)
+    pre = t.c / sp.sqrt(1 + A * q)
+    return pre * sp.exp(arg) * _moment1(t.k, mean, var)
+
+
+def _shifted_erf_mean(k: int, b, m, q):
+    if k == 0:
+        return sp.erf(b * m / sp.sqrt(1 + 2 * b**2 * q))
+    out = m * _shifted_erf_mean(k - 1, b, m, q)
+    out += q * _shifted_mean(_GTerm(2 * b / sp.sqrt(sp.pi), k - 1, b**2), m, q)
+    if k >= 2:
+        out += q * (k - 1) * _shifted_erf_mean(k - 2, b, m, q)
+    return out
+
+
+_MEAN_M = sp.Symbol("m", real=True)
+
+
+def _derive_shifted_mean(expr: sp.Expr):
+    """E[phi(m + s xi)] in (m, q = s^2) for smooth phi in the Gaussian class or with erf factors (raise
+    :class:`_NoClosedForm` otherwise); exponents are brought to one fraction so that m^2/(2q) terms
+    cancel before any evaluation."""
+    if expr.has(*_KINKED):
+        raise _NoClosedForm("kinked activation")
+    terms = _gaussian_terms(expr, allow_erf=True)
+    if any(t.alpha != 0 and not t.alpha.is_real for t in terms):
+        raise _NoClosedForm("oscillating terms")
+    return sp.Add(*[_shifted_mean(t, _MEAN_M, _QV) for t in terms])
 
 
 # ---- arc-cosine class ------------------------------------------------------------------------------

@@ -344,7 +344,8 @@ def _limit_label(key: str) -> str:
     words = [_LABEL_WORDS.get(w, w) for w in head.split()]
     lab = " ".join(words)
     if note:
-        lab += r"\ \text{(%s)}" % _tex_escape(note.rstrip(")"))
+        note = _tex_escape(note.rstrip(")")).replace("Phihat", r"$\hat\Phi$").replace("Phi,", r"$\Phi$,")
+        lab += r"\ \text{(%s)}" % note
     return lab + r":\quad "
 
 

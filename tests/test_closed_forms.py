@@ -163,3 +163,44 @@ def test_adaptive_lazy_limit_closed_form_agrees_with_quadrature_and_is_faster(sp
     ratio = times["quad"] / times["closed"]
     print(f"{spec}: lazy AdaptiveKernel quadrature/closed-form time ratio {ratio:.0f}")
     assert ratio > 3.0
+
+
+def test_conditional_means_closed_form_against_quadrature():
+    """E[phi(m + s xi)] derived on the activation (erf via Stein's lemma with a mean) against adaptive
+    quadrature (scipy.integrate.quad), including s -> 0 where m^2/(2q) terms must cancel symbolically."""
+    from scipy import integrate
+
+    for spec in ["gelu", "x*exp(-x**2/4)", "x**2*exp(-x**2)", "erf(2*x)", "x*erf(x)", "exp(x)"]:
+        act = Activation(spec)
+        f = act.conditional_mean_njit()
+        phi = sp.lambdify(x, act.expr, ["math", "scipy"])
+        for m, s in [(0.3, 0.7), (-1.2, 0.05), (2.0, 1.5), (0.5, 0.0), (3.0, 1e-9)]:
+            if s < 1e-6:
+                ref = float(phi(m))
+            else:
+                ref = integrate.quad(lambda z: phi(m + s * z) * math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi),
+                                     -40, 40, points=[-m / s, 0.0], epsabs=1e-15, epsrel=1e-14, limit=400)[0]
+            assert f(m, s) == pytest.approx(ref, rel=1e-11, abs=1e-14), (spec, m, s)
+    assert Activation("tanh").conditional_mean_expr() is None and Activation("relu").conditional_mean_expr() is None
+
+
+def test_adaptive_predictions_use_the_closed_conditional_means():
+    """gamma > 0 with D > P: test inputs leave the sampled span and enter through E[phi(m + s xi)];
+    the derived closed form and the Gauss-Hermite path give the same predictions, the closed form faster."""
+    import time
+
+    from symtransfer.theory.adaptive import AdaptiveKernel
+
+    rng = np.random.default_rng(2)
+    X, Xt = rng.standard_normal((8, 20)), rng.standard_normal((400, 20))
+    y = np.tanh(X[:, 0])
+    preds, times = {}, {}
+    for name, act in (("closed", Activation("gelu")), ("quad", Activation("gelu", closed_form=False))):
+        m = AdaptiveKernel(act, gamma=1.0, n_samples=2048, n_chains=16, seed=0).fit(X, y)
+        m.predict(Xt[:2])  # compile
+        t0 = time.perf_counter()
+        preds[name] = m.predict(Xt)
+        times[name] = time.perf_counter() - t0
+    np.testing.assert_allclose(preds["closed"], preds["quad"], rtol=0, atol=1e-12)
+    print(f"gelu predictions at gamma = 1: quadrature/closed-form time ratio {times['quad'] / times['closed']:.1f}")
+    assert times["quad"] > times["closed"]

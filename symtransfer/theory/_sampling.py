@@ -169,6 +169,18 @@ def ess_sample(phi, B, A, href, dref, inv_s2, v, c, zeta0, normals, seeds, n_bur
 
 
 @nb.njit(parallel=True)
+def closed_mean(mean, M, sig):
+    """``E[phi(M[i, a] + sig[a] xi)]`` from a closed form ``mean(m, s)`` derived on the activation
+    (:meth:`symtransfer.activations.Activation.conditional_mean_njit`)."""
+    n, nA = M.shape
+    out = np.empty_like(M)
+    for i in nb.prange(n):
+        for a in range(nA):
+            out[i, a] = mean(M[i, a], sig[a])
+    return out
+
+
+@nb.njit(parallel=True)
 def gh_mean(phi, M, sig, nodes, wts):
     """``E[phi(M[i, a] + sig[a] xi)]``, ``xi ~ N(0, 1)``, by Gauss-Hermite quadrature.
 

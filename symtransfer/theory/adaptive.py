@@ -197,6 +197,11 @@ def _kinks(act):
     return _Kinks(np.ascontiguousarray(pl[0]), np.ascontiguousarray(pl[1]), np.ascontiguousarray(pl[2]))
 
 
+def _cmean(act):
+    """The closed-form conditional mean of a smooth activation, when one is derived."""
+    return None if act.kinks else act.conditional_mean_njit()
+
+
 def _gauss_pair_moments(phi, kinks, mA, mB, R, sA, sB, sym=False):
     """``E[phi(u_a) phi(u_b)]`` for Gaussian ``(u_a, u_b)`` with means ``mA, mB``, covariance ``R``.
 
@@ -222,9 +227,11 @@ class _Rep:
     ``Wk[i].x/sqrt(D)`` and covariance ``sum_k coef_k (x.x' - (V_k^T x).(V_k^T x'))/D`` (eq. (2.5)).
     """
 
-    def __init__(self, Wk, w, batch, n_batches, terms, phi, kinks, u=None, q=None):
+    def __init__(self, Wk, w, batch, n_batches, terms, phi, kinks, u=None, q=None, cmean=None):
         self.Wk, self.w, self.batch, self.n_batches = Wk, w, batch, n_batches
         self.terms, self.phi, self.kinks = terms, phi, kinks
+        # closed-form E[phi(m + s xi)] derived on the activation (None: quadrature)
+        self.cmean = cmean
         self.D = Wk.shape[1]
         # control variate: estimates are sum_i (w_i - u_i) g_i + E_q[g] with q = N(Vmu, V C V^T) on
         # the sampled coordinates and the prior s2 elsewhere (q = (V mu, V, C, s2))
@@ -272,6 +279,8 @@ class _Rep:
         M = self.means(X)
         if not np.any(sd > 0.0):
             return apply_elementwise(self.phi, M)
+        if self.cmean is not None:
+            return _sampling.closed_mean(self.cmean, M, sd)
         if self.kinks.loc.size:
             t, w = np.polynomial.legendre.leggauss(_N_GL)
             return _sampling.gl_mean_split(self.phi, M, sd, self.kinks.loc, _GL_BREAKS, t, w, self.kinks.pa,
@@ -313,7 +322,7 @@ class _Rep:
         rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
         Wk = self.Wk + math.sqrt(s2) * rng.standard_normal((self.Wk.shape[0], Vn.shape[1])) @ Vn.T
         return _Rep(Wk, self.w, self.batch, self.n_batches, [(coef, np.hstack([V, Vn]))], self.phi,
-                    self.kinks, self.u, self.q)
+                    self.kinks, self.u, self.q, self.cmean)
 
 
 class _SampleSet:
@@ -1409,9 +1418,10 @@ class AdaptiveKernel(_AdaptiveBase):
         if ss.cv is not None:
             mu, C = ss.q
             rep = _Rep(ss.Z @ V.T, w, batch, n_chains, [(self.s2_, V)], act.compile().phi, _kinks(act),
-                       u=np.full(len(w), 1.0 / len(w)), q=(V @ mu, V, C, self.s2_))
+                       u=np.full(len(w), 1.0 / len(w)), q=(V @ mu, V, C, self.s2_), cmean=_cmean(act))
         else:
-            rep = _Rep(ss.Z @ V.T, w, batch, n_chains, [(self.s2_, V)], act.compile().phi, _kinks(act))
+            rep = _Rep(ss.Z @ V.T, w, batch, n_chains, [(self.s2_, V)], act.compile().phi, _kinks(act),
+                       cmean=_cmean(act))
         self._set_from_samples(rep, ss.psi, Phi, v, H, c, n_groups=1)
         self._set_condensate(cond, V, _asymptotic_slopes(act))
         self.converged_, self.n_iter_, self.n_draws_ = True, n_iter, n_draws
@@ -1430,7 +1440,7 @@ class AdaptiveKernel(_AdaptiveBase):
         n_batches = 64
         batch = np.arange(n_samples) * n_batches // n_samples
         return _Rep(Wk, np.full(n_samples, 1.0 / n_samples), batch, n_batches, [(self.s2_, V)],
-                    self.activation_.compile().phi, _kinks(self.activation_))
+                    self.activation_.compile().phi, _kinks(self.activation_), cmean=_cmean(self.activation_))
 
     def transfer(self, X2, y2, *, gamma, weight_decay, temperature, coupling, n_samples=None, n_inner=8,
                  seed=None):
@@ -1568,7 +1578,7 @@ class AdaptiveTransfer(_AdaptiveBase):
         n_batches = min(64, n_outer)
         batch = np.repeat(np.arange(n_outer) * n_batches // n_outer, n_inner)
         rep = _Rep(Wk, w, batch, n_batches, [(m * m * coef1, V12), (s2c, V2)], act.compile().phi,
-                   _kinks(act))
+                   _kinks(act), cmean=_cmean(act))
         self._set_from_samples(rep, ss.psi, Phi, v, H, c2, n_groups=n_outer)   # Phi: with the image
         self._set_condensate(cond, V2, _asymptotic_slopes(act))
         if draw.extra is not None:

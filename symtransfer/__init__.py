@@ -1,7 +1,7 @@
 """symtransfer: theory and simulation of transfer learning in infinitely wide feature-learning networks."""
 
 from .activations import Activation, available_activations, get_activation, register_activation
-from .errors import (ConvergenceError, DivergenceError, EdgeOfNormalisabilityError, NoSaddlePointError,
+from .errors import (ConvergenceError, ConvergenceWarning, DivergenceError, EdgeOfNormalisabilityError, NoSaddlePointError,
                      SymtransferError)
 from .datasets import TransferData, digits_transfer, load_task, load_transfer_data
 from .experiments import TransferTable, compare_transfer, kernel_alignment
@@ -26,6 +26,7 @@ __all__ = [
     "get_activation",
     "register_activation",
     "ConvergenceError",
+    "ConvergenceWarning",
     "EdgeOfNormalisabilityError",
     "DivergenceError",
     "NoSaddlePointError",

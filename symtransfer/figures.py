@@ -839,13 +839,14 @@ def _plot_gf_poly(cfg, rows):
             sim = _select(rows, panel=pair, method="simulation", setting=s)
             _sim_points(ax, sim[::every], s)
         ax.set_xlabel("target training time $t$")
+        ax.set_yscale("log")  # the two settings differ by a factor at late times
         ax.set_title(f"{pair}: source {_hermite_label(src)} $\\to$ target {_hermite_label(tgt)}", fontsize="medium")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("target test loss (noiseless teacher)")
     _method_legend(axes[0], settings=("scratch", "joint"), loc="upper right")
     fig.suptitle(f"gradient flow ($T = \\lambda = 0$), {cfg['activation']} network, D = {cfg['dim']}, "
-                 f"$P_1$ = {cfg['n_source']}, $P_2$ = {cfg['n_target']}, $\\gamma$ = {cfg['gamma']:g}, pretraining "
-                 f"time $t_1$ = {cfg['t1']:g}, jointly rich = fresh readout, coupling 0\nlines: population DMFT "
+                 f"$P_1$ = {cfg['n_source']}, $P_2$ = {cfg['n_target']}, $\\gamma$ = {cfg['gamma']:g}\npretraining "
+                 f"time $t_1$ = {cfg['t1']:g}; jointly rich = source hidden weights, fresh readout, coupling 0\nlines: population DMFT "
                  f"(M = {cfg['population']}, band ± sem over {len(cfg['seeds'])} data sets); points: width-"
                  f"{cfg['width']} networks, gradient descent (mean ± sem)", fontsize="medium")
     return fig

@@ -54,6 +54,34 @@ def test_exact_flow_converges_to_the_closed_form_source_kernel(P, g, seed):
     assert M[0, 0] - np.trace(M[1:, 1:]) == pytest.approx(-5.0, abs=1e-6)
 
 
+def test_row_space_flow_equals_the_full_moment_flow():
+    """The (rank X + 1)^2 propagator of _linear_flow against the plain (D+1)^2 moment equation
+    dM/dt = gamma (A M + M A) from a non-isotropic start (a jointly rich target), also at finite t."""
+    from scipy.integrate import solve_ivp
+
+    X1, y1, X2, y2, Xt, yt = _pair(0.8)
+    S1, _ = _min_norm_source(X1, y1, 1.5)
+    M0 = np.zeros((D + 1, D + 1))
+    M0[0, 0] = 1.0
+    M0[1:, 1:] = S1
+    g = 0.7
+
+    def rhs(_t, m):
+        M = m.reshape(D + 1, D + 1)
+        v = X2.T @ (y2 - X2 @ (M[0, 1:] / g) / math.sqrt(D)) / math.sqrt(D)
+        AM = np.empty_like(M)
+        AM[0] = v @ M[1:]
+        AM[1:] = np.outer(v, M[0])
+        return (g * (AM + AM.T)).ravel()
+
+    (w_t, w_inf), M_end = _linear_flow(X2, y2, M0, g, [0.7, math.inf])
+    ref_t = solve_ivp(rhs, (0, 0.7), M0.ravel(), method="LSODA", rtol=1e-11, atol=1e-13).y[:, -1]
+    ref = solve_ivp(rhs, (0, 3000), M0.ravel(), method="LSODA", rtol=1e-11, atol=1e-13).y[:, -1]
+    assert np.allclose(w_t, ref_t.reshape(D + 1, D + 1)[0, 1:] / g, atol=1e-7)
+    assert np.allclose(w_inf, ref.reshape(D + 1, D + 1)[0, 1:] / g, atol=1e-6)
+    assert np.allclose(M_end, ref.reshape(D + 1, D + 1), atol=1e-5 * np.abs(ref).max())
+
+
 def test_joint_flow_from_weak_source_is_scratch():
     """gamma1 -> 0 leaves the source weights at their isotropic initialisation: every transfer
     protocol then predicts like scratch (the min-norm fit)."""

@@ -1,13 +1,16 @@
-"""Symbolic engine: mean-field actions, saddle-point equations, limits, LaTeX and compiled solvers.
+"""Symbolic engine: mean-field actions, saddle-point and gradient-flow equations, limits, LaTeX and compiled solvers.
 
 ``derive(setting, activation)`` writes the action of docs/theory.md (eqs. (2.2) and (3.2)) as a
 SymPy expression with matrix symbols, obtains the saddle-point equations by differentiating it
 (matrix calculus; the log-partition term is differentiated under the expectation), takes the
 limits ``gamma -> 0``, ``delta -> inf`` and ``delta = 0`` with :func:`sympy.limit`, and, for the
 linear activation, integrates the Gaussian single-site measure symbolically to reduce the system to
-the scalar equations (2.9) and (3.5). The result renders to LaTeX/Markdown and compiles to Numba
-kernels wrapped in a damped, safeguarded fixed-point solver. The derivation is written out in
-docs/symbolic.md.
+the scalar equations (2.9) and (3.5); activations growing faster than linearly have no saddle point
+(:class:`~symtransfer.errors.NoSaddlePointError`). ``derive(..., dynamics="gradient_flow")`` writes
+the single-site DMFT system of section 4 with ``phi`` and ``phi'`` substituted, its weight-decay fixed
+point and the transfer protocols, with the closed forms of section 7 for linear ``phi``. The results
+render to LaTeX, Markdown and plain text, and the equilibrium systems compile to Numba kernels wrapped
+in a damped, safeguarded fixed-point solver. The derivations are written out in docs/symbolic.md.
 """
 
 from __future__ import annotations

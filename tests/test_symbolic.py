@@ -222,6 +222,8 @@ def test_markdown_and_cli(tmp_path):
     assert str(out) in msg and out.read_text().startswith(r"\documentclass")
     text = derive_cli("relu", "finetune", None, False)
     assert text.startswith("Saddle-point equations (equilibrium), setting finetune") and "\\" not in text
+    gf = derive_cli("x**3", "single", None, False, dynamics="gradient_flow")
+    assert gf.startswith("Gradient-flow (DMFT) equations, setting scratch") and "no equilibrium" in gf
     with pytest.raises(ValueError, match="mutually exclusive"):
         derive_cli("relu", "single", str(out), True)
     with pytest.raises(ValueError, match="setting"):

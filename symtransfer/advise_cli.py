@@ -121,7 +121,7 @@ def run(args) -> int:
 
     try:
         _, text = advise_cli(args)
-    except (ValueError, SymtransferError, OSError, ArithmeticError) as exc:
+    except (ValueError, SymtransferError, OSError, ArithmeticError, RuntimeError, ImportError) as exc:
         msg = " ".join(str(exc).split()) or type(exc).__name__
         print(f"symtransfer advise: error: {msg}", file=sys.stderr)
         return _EXIT_ERROR

@@ -193,6 +193,15 @@ def test_verification_synthetic_pairs_slow(alpha, noise):
 
 
 @pytest.mark.slow
+def test_verification_equilibrium_linear_slow():
+    """Langevin networks (T = lambda = 1, time-averaged predictor) against LinearTheory."""
+    adv = _advise(_pair(1.0), dynamics="equilibrium", gammas=[0.5], couplings=[1.0],
+                  protocols=("scratch", "readout", "joint"), verify=True, verify_width=1000, verify_steps=6000,
+                  verify_seeds=2)
+    _check_verification(adv, 0.3)
+
+
+@pytest.mark.slow
 def test_verification_relu_gradient_flow_slow():
     """A small nonlinear case: ReLU, the DMFT population against width-2000 networks."""
     adv = _advise(_pair(1.0, n_target=8), activation="relu", gammas=[0.6], gammas2=[0.6], population=400,

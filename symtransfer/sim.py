@@ -49,8 +49,11 @@ _PARALLEL_MIN_WORK = 200_000
 _SNAPSHOT_BYTES = 256 * 2**20
 
 # The default logging cadence keeps the estimated cost of the loss evaluations below this fraction
-# of the training work (the BLAS forward pass makes the real cost lower still).
-_LOG_BUDGET = 0.04
+# of the training work (an upper estimate).
+_LOG_BUDGET = 0.03
+# Cost of logging one input row (forward pass over the full sets) in training steps per batch row:
+# a loss on P = 256 rows costs 1.7-2.1 steps of B = 64 (N 4096, D 64, ReLU; benchmarks/bench_simulator.py).
+_LOG_ROW_COST = 0.6
 # Frozen features of the evaluation set (readout-only runs) are kept up to this many bytes.
 _EVAL_FEATURE_BYTES = 128 * 2**20
 # Inputs are meant to be of order one (the kernel x.x'/D, eq. 1.1); far beyond, the tangent kernel
@@ -367,8 +370,8 @@ class WideNetwork:
         Number of weight snapshots kept for that time average (also capped at 256 MB).
     log_every : int, optional
         Steps between entries of ``history_``. Default: about 100 entries, fewer when evaluating the
-        losses that often would cost more than 4% of the training compute (a loss on the full
-        training and evaluation sets costs about ``(P + P_eval) / (3 B)`` training steps).
+        losses that often would cost more than 3% of the training compute (a loss on the full
+        training and evaluation sets costs about ``0.6 (P + P_eval) / B`` training steps).
     seed : int
         Seeds initialisation, mini-batches and noise.
     progress : bool, optional
@@ -593,10 +596,10 @@ class WideNetwork:
         if p["log_every"] is not None:
             log_every = p["log_every"]
         else:
-            # a log is a forward pass over the full sets (P + P_eval rows); a step is about three
-            # batch-sized passes (forward, backward, update), or two of the readout alone
+            # a log is a forward pass over the full sets (P + P_eval rows), a step one over B rows
+            # plus the backward pass and the update
             n_eval = 0 if eval_set is None else Xe.shape[0]
-            per_log = (P + n_eval) / ((2.0 if readout_only else 3.0) * B)
+            per_log = _LOG_ROW_COST * (P + n_eval) / B
             log_every = min(steps, max(1, steps // 100, math.ceil(per_log / _LOG_BUDGET)))
         events = set(range(log_every, steps + 1, log_every)) | {steps}
         if p["average_from"] is not None:
@@ -626,10 +629,10 @@ class WideNetwork:
                 return self._mse_frozen(F_eval, ye, a, gamma)
         else:
             def train_mse():
-                return self._mse_logged(X, y, W, a, gamma)
+                return self._mse(X, y, W, a, gamma, act)
 
             def eval_mse():
-                return self._mse_logged(Xe, ye, W, a, gamma)
+                return self._mse(Xe, ye, W, a, gamma, act)
 
         hist = {"step": [0], "time": [0.0], "train_loss": [train_mse()]}
         if eval_set is not None:
@@ -725,21 +728,6 @@ class WideNetwork:
     def _mse_frozen(F, y, a, gamma):
         with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is reported by the caller
             f = (a @ F) / (gamma * F.shape[0])
-            return float(np.mean((f - y) ** 2))
-
-    def _mse_logged(self, X, y, W, a, gamma):
-        """The loss of a log entry: a BLAS product per block of rows (the hot loop is the training;
-        logging must stay a few percent of it), temporaries capped at 16 MB."""
-        N, D = W.shape
-        rows = max(1, (2 * 2**20) // N)
-        f = np.empty(X.shape[0])
-        inv = 1.0 / math.sqrt(D)
-        with np.errstate(over="ignore", invalid="ignore"):  # a diverging run is reported by the caller
-            for lo in range(0, X.shape[0], rows):
-                H = X[lo:lo + rows] @ W.T
-                H *= inv
-                f[lo:lo + rows] = self.activation_(H) @ a
-            f /= gamma * N
             return float(np.mean((f - y) ** 2))
 
     def _mse(self, X, y, W, a, gamma, act):

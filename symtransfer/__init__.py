@@ -1,6 +1,7 @@
 """symtransfer: theory and simulation of transfer learning in infinitely wide feature-learning networks."""
 
-from .activations import Activation, available_activations, get_activation, register_activation
+from .activations import (Activation, GaussianEquivalence, available_activations, get_activation, leaky_relu,
+                          register_activation)
 from .errors import (ConvergenceError, ConvergenceWarning, DivergenceError, EdgeOfNormalisabilityError, NoSaddlePointError,
                      SymtransferError)
 from .datasets import TransferData, digits_transfer, load_task, load_transfer_data
@@ -8,7 +9,7 @@ from .experiments import TransferTable, compare_transfer, kernel_alignment
 from .figures import ExperimentRun, run_experiment
 from .sim import WideNetwork
 from .sweep import SweepReport, load_results, run_sweep
-from .symbolic import SaddlePointSystem, derive
+from .symbolic import DMFTSystem, SaddlePointSystem, derive
 from .tasks import HermiteTeacher, Task, TransferPair, make_task, make_transfer_pair
 from .theory.adaptive import AdaptiveKernel, AdaptiveTransfer
 from .theory import gradient_flow
@@ -25,6 +26,8 @@ __all__ = [
     "available_activations",
     "get_activation",
     "register_activation",
+    "leaky_relu",
+    "GaussianEquivalence",
     "ConvergenceError",
     "ConvergenceWarning",
     "EdgeOfNormalisabilityError",
@@ -49,6 +52,7 @@ __all__ = [
     "ExperimentRun",
     "kernel_alignment",
     "SaddlePointSystem",
+    "DMFTSystem",
     "TransferData",
     "digits_transfer",
     "load_task",

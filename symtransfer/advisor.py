@@ -927,9 +927,11 @@ def _verify(advice, data, cfg, width, steps, n_seeds, progress):
     best = advice.best if advice.best["protocol"] != "scratch" else advice.best_overall
     if best is not advice.scratch:
         picks.append(best)
+    from tqdm.auto import tqdm
+
     t0 = time.perf_counter()
     out = []
-    for row in picks:
+    for row in tqdm(picks, desc="verify", unit="protocol", disable=not progress, dynamic_ncols=True):
         proto = row["protocol"]
         if proto == "lazy":
             out.append({"protocol": proto, "setting": describe(row), "theory": row["error"],

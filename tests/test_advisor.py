@@ -352,3 +352,12 @@ def test_superlinear_equilibrium_is_refused_before_computing():
     X1, y1, X2, y2, Xt, yt = _pair(1.0)
     with pytest.raises(NoSaddlePointError, match="gradient_flow"):
         advise(X1, y1, X2, y2, X_test=Xt, y_test=yt, activation="x**2", dynamics="equilibrium", progress=False)
+
+
+@pytest.mark.slow
+def test_store_through_dask_backend_slow(tmp_path):
+    pytest.importorskip("distributed")
+    data = _pair(1.0)
+    via = _advise(data, gammas=[0.8], gammas2=[0.8], store=tmp_path / "a.sqlite", backend="dask", workers=1)
+    direct = _advise(data, gammas=[0.8], gammas2=[0.8])
+    assert [r["error"] for r in via.rows] == pytest.approx([r["error"] for r in direct.rows], rel=1e-10)

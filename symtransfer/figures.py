@@ -966,7 +966,8 @@ def _plot_gf_digits(cfg, rows):
                                        ("final_test_loss", f"test loss at $t$ = {cfg['t_max']:g}"))):
             ax = axes[i, j]
             for s in _SETTINGS:
-                _theory_line(ax, _select(rows, panel=panel, method="theory", setting=s, quantity=q), s)
+                # no band: the split-to-split spread is common to theory and networks (see paired_diff)
+                _theory_line(ax, _select(rows, panel=panel, method="theory", setting=s, quantity=q), s, band=False)
                 _sim_points(ax, _select(rows, panel=panel, method="simulation", setting=s, quantity=q), s,
                             xshift=shifts[s])
             ax.set_xscale("log")
@@ -982,9 +983,9 @@ def _plot_gf_digits(cfg, rows):
     _method_legend(axes[0, 0], figure=True)
     fig.suptitle(f"digits, gradient flow ($T = \\lambda = 0$), {cfg['activation']} network: $P_1$ = {cfg['n_source']}, "
                  f"$P_2$ = {cfg['n_target']}, $\\gamma_1$ = {cfg['gamma1']:g}, pretraining time $t_1$ = "
-                 f"{cfg['t1']:g}; jointly rich: coupling 0, fresh readout\nlines: population DMFT (M = "
-                 f"{cfg['population']}); points: width-{cfg['width']} networks (mean ± sem over "
-                 f"{len(cfg['seeds'])} splits)", fontsize="medium")
+                 f"{cfg['t1']:g}\njointly rich: source hidden weights, fresh readout, coupling 0; lines: population "
+                 f"DMFT (M = {cfg['population']}, mean over splits)\npoints: width-{cfg['width']} networks on the "
+                 f"same splits (mean ± sem over {len(cfg['seeds'])} splits)", fontsize="medium")
     return fig
 
 

@@ -629,3 +629,16 @@ def test_target_predicts_untracked_inputs_through_the_source():
     without = src.transfer(X2, y2, gamma=0.7, coupling=0.5, t_max=1.0, early_stop=False)
     np.testing.assert_allclose(without.predict(Xt), with_eval.predict(Xt), rtol=1e-9, atol=1e-11)
     np.testing.assert_allclose(without.features(Xt), with_eval.features(Xt), rtol=1e-9, atol=1e-11)
+
+
+def test_two_records_still_integrate_to_t_max():
+    """The record grid must end at t_max whatever its size (n_records = 2 once stopped at 1e-3 t_max)."""
+    from symtransfer.tasks import make_transfer_pair
+
+    s = make_transfer_pair(8, 24, 4, 20, 1.0, seed=0).source
+    kw = dict(gamma=1.0, weight_decay=0.0, t_max=3.0, early_stop=False, population=200, seed=0)
+    few = GradientFlowDMFT("tanh", n_records=2, **kw).fit(s.X_train, s.y_train)
+    many = GradientFlowDMFT("tanh", n_records=50, **kw).fit(s.X_train, s.y_train)
+    assert few.history_["time"][-1] == pytest.approx(3.0) and few.t_end_ == pytest.approx(3.0)
+    # same flow, different stopping points of the adaptive step: equal to the tolerance
+    assert few.history_["train_loss"][-1] == pytest.approx(many.history_["train_loss"][-1], rel=2e-2, abs=1e-4)

@@ -416,6 +416,8 @@ def _whiten_rows(Xi: np.ndarray) -> np.ndarray:
 
 def _log_grid(t_max: float, n: int) -> np.ndarray:
     """``0`` then ``n - 1`` times uniform in ``log t`` over three decades up to ``t_max``."""
+    if n <= 2:  # logspace with one point would return the decade's start, not t_max
+        return np.array([0.0, t_max])
     return np.concatenate([[0.0], t_max * np.logspace(-3.0, 0.0, n - 1)])
 
 

@@ -2,7 +2,8 @@
 
 from .activations import (Activation, GaussianEquivalence, available_activations, get_activation, leaky_relu,
                           register_activation)
-from .errors import (ConvergenceError, ConvergenceWarning, DivergenceError, EdgeOfNormalisabilityError, NoSaddlePointError,
+from .errors import (ConvergenceError, ConvergenceWarning, DivergenceError, EdgeOfNormalisabilityError,
+                     MalformedRowWarning, NoSaddlePointError, ResultsDatabaseError, StepTooLargeError,
                      SymtransferError)
 from .datasets import TransferData, digits_transfer, load_task, load_transfer_data
 from .experiments import TransferTable, compare_transfer, kernel_alignment
@@ -33,6 +34,9 @@ __all__ = [
     "EdgeOfNormalisabilityError",
     "DivergenceError",
     "NoSaddlePointError",
+    "ResultsDatabaseError",
+    "MalformedRowWarning",
+    "StepTooLargeError",
     "SymtransferError",
     "WideNetwork",
     "AdaptiveKernel",

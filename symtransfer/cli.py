@@ -8,7 +8,8 @@ compare     scratch / fine-tuning / jointly rich on one task pair, by theory, gr
 phase-diagram  transfer gain of the proportional-limit linear theory over a grid, plotted
 sweep       a grid of parameters x seeds x methods, stored point by point in SQLite (resumable)
 experiment  one of the documented figures (theory lines, simulation points): PNG, PDF and tidy CSV (resumable)
-derive      mean-field action and saddle-point equations of an activation/setting (text, Markdown, LaTeX)
+derive      equilibrium saddle point or gradient-flow DMFT equations of an activation/setting (text, Markdown, LaTeX)
+advise      should I pretrain? predicted target error of scratch / fine-tuning / lazy / jointly rich, HTML report
 """
 
 from __future__ import annotations
@@ -257,12 +258,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "rerunning resumes from it")
     p.add_argument("--threads", type=int, default=1, help="Numba/BLAS threads (default 1)")
 
-    p = _sub(sub, "derive", "action and saddle-point equations; --latex FILE or --markdown")
+    p = _sub(sub, "derive", "equilibrium saddle point or gradient-flow DMFT equations; --latex FILE or --markdown")
     p.add_argument("--activation", required=True, help="registered name or formula in x, e.g. 'x*exp(-x**2/4)'")
-    p.add_argument("--setting", required=True, choices=["single", "finetune", "joint"])
+    p.add_argument("--setting", required=True, choices=["scratch", "single", "finetune", "lazy_finetune", "joint"],
+                   help="'single' is the old name of 'scratch'")
+    p.add_argument("--dynamics", default="equilibrium", choices=["equilibrium", "gradient_flow"],
+                   help="equilibrium (Langevin, T > 0) saddle point, or the gradient-flow DMFT (default equilibrium)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--latex", metavar="FILE", help="write a complete LaTeX document to FILE")
     out.add_argument("--markdown", action="store_true", help="print Markdown instead of plain text")
+
+    from . import advise_cli
+
+    advise_cli.add_parser(sub)
     return parser
 
 
@@ -354,7 +362,12 @@ def _dispatch(args) -> int:
 
         if args.latex is not None:
             check_output_file(args.latex, "--latex")
-        print(derive_cli(args.activation, args.setting, latex=args.latex, markdown=args.markdown))
+        print(derive_cli(args.activation, args.setting, latex=args.latex, markdown=args.markdown,
+                         dynamics=args.dynamics))
+    elif args.command == "advise":
+        from . import advise_cli
+
+        return advise_cli.run(args)
     return 0
 
 

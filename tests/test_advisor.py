@@ -219,6 +219,7 @@ def test_digits_verdict_agrees_with_simulation_slow(target):
     d = digits_transfer("3-8", target, n_source=120, n_target=20, n_test=100, seed=0)
     adv = advise(d.X1, d.y1, d.X2, d.y2, X_test=d.X_test, y_test=d.y_test, activation="linear", progress=False,
                  gammas2=[8 / math.sqrt(d.dim)], verify=True, verify_width=1000, verify_steps=3000, verify_seeds=2)
+    assert adv.verification["simulated_gain"] is not None  # scratch and a transfer row were simulated
     assert adv.verification["verdict_agrees"], (adv.verdict, adv.verification_table())
     assert adv.verification["agree"], adv.verification_table()
 

@@ -118,3 +118,15 @@ def check_output_dir(path, name: str, create: bool = True) -> Path:
     if not os.access(p, os.W_OK | os.X_OK):
         raise ValueError(f"{name} {str(p)!r}: not writable (permission denied)")
     return p
+
+
+def broadcast_flat(arrays: dict):
+    """Broadcast named, already checked parameter arrays; returns ``(shape, {name: flat contiguous
+    array})`` or a ``ValueError`` listing every name with its shape."""
+    try:
+        shape = np.broadcast_shapes(*(a.shape for a in arrays.values()))
+    except ValueError:
+        shapes = ", ".join(f"{k}{a.shape}" for k, a in arrays.items())
+        raise ValueError(f"parameter arrays do not broadcast together: {shapes}") from None
+    flat = {k: np.ascontiguousarray(np.broadcast_to(a, shape).reshape(-1)) for k, a in arrays.items()}
+    return shape, flat

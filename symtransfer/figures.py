@@ -722,23 +722,30 @@ def _on_grid(history, times, key="test_loss"):
     return np.interp(times, history["time"], history[key])
 
 
+def _gf_train(p, gamma, t_max, seed, X, y, X_eval=None, y_eval=None, log_every=None):
+    """Gradient flow (``T = lambda = 0``) from a random initialisation on ``(X, y)``: the population
+    :class:`~symtransfer.theory.dmft.GradientFlowDMFT` at its defaults for theory points (tracking
+    ``X_eval``, whose loss it records when ``y_eval`` is given), a width-N network trained by
+    gradient descent with step ``lr`` for simulation points."""
+    if p["method"] == "theory":
+        from .theory.dmft import GradientFlowDMFT
+
+        return GradientFlowDMFT(p["activation"], gamma=gamma, weight_decay=0.0, population=p["population"],
+                                t_max=t_max, early_stop=False, seed=seed).fit(X, y, X_eval, y_eval=y_eval)
+    from .sim import WideNetwork
+
+    return WideNetwork(p["width"], p["activation"], gamma=gamma, weight_decay=0.0, temperature=0.0, lr=p["lr"],
+                       steps=max(1, round(t_max / p["lr"])), log_every=log_every, seed=seed, progress=False).fit(
+        X, y, eval_set=None if y_eval is None else (X_eval, y_eval))
+
+
 @lru_cache(maxsize=4)
 def _gf_poly_source(key):
     p = dict(key)
     pair = _gf_poly_task(p["dim"], p["n_source"], p["n_target"], p["n_test"], p["source_teacher"],
                          p["target_teacher"], p["seed"])
     s, t = pair.source, pair.target
-    if p["method"] == "theory":
-        from .theory.dmft import GradientFlowDMFT
-
-        return GradientFlowDMFT(p["activation"], gamma=p["gamma"], weight_decay=0.0, population=p["population"],
-                                t_max=p["t1"], early_stop=False, seed=p["seed"]).fit(
-            s.X_train, s.y_train, np.vstack([t.X_train, t.X_test]))
-    from .sim import WideNetwork
-
-    return WideNetwork(p["width"], p["activation"], gamma=p["gamma"], weight_decay=0.0, temperature=0.0,
-                       lr=p["lr"], steps=max(1, round(p["t1"] / p["lr"])), seed=p["seed"],
-                       progress=False).fit(s.X_train, s.y_train)
+    return _gf_train(p, p["gamma"], p["t1"], p["seed"], s.X_train, s.y_train, np.vstack([t.X_train, t.X_test]))
 
 
 _GF_POLY_SOURCE_KEYS = ("method", "dim", "n_source", "n_target", "n_test", "source_teacher", "target_teacher",
@@ -753,32 +760,19 @@ def _evaluate_gf_poly(p) -> dict:
     st = tuple(sorted(p["source_teacher"].items())) if "source_teacher" in p else tt
     t = _gf_poly_task(p["dim"], p.get("n_source", 1), p["n_target"], p["n_test"], st, tt, p["seed"]).target
     times = np.linspace(0.0, p["t_max"], p["n_times"])
-    if p["method"] == "theory":
-        from .theory.dmft import GradientFlowDMFT
-
-        if p["setting"] == "scratch":
-            model = GradientFlowDMFT(p["activation"], gamma=p["gamma"], weight_decay=0.0, population=p["population"],
-                                     t_max=p["t_max"], early_stop=False, seed=p["seed"] + _SCRATCH_SEED).fit(
-                t.X_train, t.y_train, t.X_test, y_eval=t.y_test_clean)
-        else:
-            src = _gf_poly_source(_hashable(p, _GF_POLY_SOURCE_KEYS))
-            model = src.transfer(t.X_train, t.y_train, t.X_test, coupling=0.0, y2_eval=t.y_test_clean,
-                                 t_max=p["t_max"])
-        curve = _on_grid(model.history_, times)
+    theory = p["method"] == "theory"
+    if p["setting"] == "scratch":
+        every = None if theory else max(1, max(1, round(p["t_max"] / p["lr"])) // (4 * (p["n_times"] - 1)))
+        model = _gf_train(p, p["gamma"], p["t_max"], p["seed"] + _SCRATCH_SEED, t.X_train, t.y_train, t.X_test,
+                          t.y_test_clean, log_every=every)
+    elif theory:
+        src = _gf_poly_source(_hashable(p, _GF_POLY_SOURCE_KEYS))
+        model = src.transfer(t.X_train, t.y_train, t.X_test, coupling=0.0, y2_eval=t.y_test_clean, t_max=p["t_max"])
     else:
-        from .sim import WideNetwork
-
-        steps = max(1, round(p["t_max"] / p["lr"]))
-        every = max(1, steps // (4 * (p["n_times"] - 1)))
-        if p["setting"] == "scratch":
-            model = WideNetwork(p["width"], p["activation"], gamma=p["gamma"], weight_decay=0.0, temperature=0.0,
-                                lr=p["lr"], steps=steps, log_every=every, seed=p["seed"] + _SCRATCH_SEED,
-                                progress=False).fit(t.X_train, t.y_train, eval_set=(t.X_test, t.y_test_clean))
-        else:
-            src = _gf_poly_source(_hashable(p, _GF_POLY_SOURCE_KEYS))
-            model = src.transfer(t.X_train, t.y_train, coupling=0.0, steps=steps, eval_set=(t.X_test, t.y_test_clean))
-        curve = _on_grid(model.history_, times)
-    return {f"test_loss_{i}": float(v) for i, v in enumerate(curve)}
+        src = _gf_poly_source(_hashable(p, _GF_POLY_SOURCE_KEYS))
+        model = src.transfer(t.X_train, t.y_train, coupling=0.0, steps=max(1, round(p["t_max"] / p["lr"])),
+                             eval_set=(t.X_test, t.y_test_clean))
+    return {f"test_loss_{i}": float(v) for i, v in enumerate(_on_grid(model.history_, times))}
 
 
 def _gf_poly_point(cfg, pair, method, setting, seed) -> dict:
@@ -864,17 +858,7 @@ def _gf_digits_data(source, target, n_source, n_target, seed):
 def _gf_digits_source(key):
     p = dict(key)
     d = _gf_digits_data(p["source"], p["target"], p["n_source"], p["n_target"], p["seed"])
-    if p["method"] == "theory":
-        from .theory.dmft import GradientFlowDMFT
-
-        return GradientFlowDMFT(p["activation"], gamma=p["gamma1"], weight_decay=0.0, population=p["population"],
-                                t_max=p["t1"], early_stop=False, seed=p["seed"]).fit(
-            d.X1, d.y1, np.vstack([d.X2, d.X_test]))
-    from .sim import WideNetwork
-
-    return WideNetwork(p["width"], p["activation"], gamma=p["gamma1"], weight_decay=0.0, temperature=0.0,
-                       lr=p["lr"], steps=max(1, round(p["t1"] / p["lr"])), seed=p["seed"],
-                       progress=False).fit(d.X1, d.y1)
+    return _gf_train(p, p["gamma1"], p["t1"], p["seed"], d.X1, d.y1, np.vstack([d.X2, d.X_test]))
 
 
 _GF_DIGITS_SOURCE_KEYS = ("method", "source", "target", "n_source", "n_target", "seed", "activation", "gamma1",
@@ -886,29 +870,17 @@ def _evaluate_gf_digits(p) -> dict:
     it is reached, and the loss at ``t_max``."""
     d = _gf_digits_data(p["source"], p["target"], p["n_source"], p["n_target"], p["seed"])
     setting = p["setting"]
-    if p["method"] == "theory":
-        from .theory.dmft import GradientFlowDMFT
-
-        if setting == "scratch":
-            model = GradientFlowDMFT(p["activation"], gamma=p["gamma2"], weight_decay=0.0, population=p["population"],
-                                     t_max=p["t_max"], early_stop=False, seed=p["seed"] + _SCRATCH_SEED).fit(
-                d.X2, d.y2, d.X_test, y_eval=d.y_test)
-        else:
-            src = _gf_digits_source(_hashable(p, _GF_DIGITS_SOURCE_KEYS))
-            model = src.transfer(d.X2, d.y2, d.X_test, gamma=p["gamma2"], coupling=math.inf if setting == "finetune"
-                                 else 0.0, y2_eval=d.y_test, t_max=p["t_max"])
+    if setting == "scratch":
+        model = _gf_train(p, p["gamma2"], p["t_max"], p["seed"] + _SCRATCH_SEED, d.X2, d.y2, d.X_test, d.y_test)
+    elif p["method"] == "theory":
+        src = _gf_digits_source(_hashable(p, _GF_DIGITS_SOURCE_KEYS))
+        model = src.transfer(d.X2, d.y2, d.X_test, gamma=p["gamma2"], coupling=math.inf if setting == "finetune"
+                             else 0.0, y2_eval=d.y_test, t_max=p["t_max"])
     else:
-        from .sim import WideNetwork
-
-        steps = max(1, round(p["t_max"] / p["lr"]))
-        if setting == "scratch":
-            model = WideNetwork(p["width"], p["activation"], gamma=p["gamma2"], weight_decay=0.0, temperature=0.0,
-                                lr=p["lr"], steps=steps, seed=p["seed"] + _SCRATCH_SEED, progress=False).fit(
-                d.X2, d.y2, eval_set=(d.X_test, d.y_test))
-        else:
-            src = _gf_digits_source(_hashable(p, _GF_DIGITS_SOURCE_KEYS))
-            kw = dict(readout_only=True) if setting == "finetune" else dict(coupling=0.0)
-            model = src.transfer(d.X2, d.y2, gamma=p["gamma2"], steps=steps, eval_set=(d.X_test, d.y_test), **kw)
+        src = _gf_digits_source(_hashable(p, _GF_DIGITS_SOURCE_KEYS))
+        kw = dict(readout_only=True) if setting == "finetune" else dict(coupling=0.0)
+        model = src.transfer(d.X2, d.y2, gamma=p["gamma2"], steps=max(1, round(p["t_max"] / p["lr"])),
+                             eval_set=(d.X_test, d.y_test), **kw)
     h = model.history_
     i = int(np.argmin(h["test_loss"]))
     return {"best_test_loss": float(h["test_loss"][i]), "best_time": float(h["time"][i]),

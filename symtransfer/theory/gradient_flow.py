@@ -39,6 +39,7 @@ from typing import NamedTuple
 import numpy as np
 import sympy as sp
 
+from .._validation import broadcast_flat
 from ..errors import ConvergenceError
 
 __all__ = [
@@ -236,14 +237,7 @@ def _check_array(name, value):
 
 
 def _broadcast(named):
-    arrays = {k: _check_array(k, v) for k, v in named.items()}
-    try:
-        shape = np.broadcast_shapes(*(a.shape for a in arrays.values()))
-    except ValueError:
-        shapes = ", ".join(f"{k}{a.shape}" for k, a in arrays.items())
-        raise ValueError(f"parameter arrays do not broadcast together: {shapes}") from None
-    flat = {k: np.ascontiguousarray(np.broadcast_to(a, shape).reshape(-1)) for k, a in arrays.items()}
-    return shape, flat
+    return broadcast_flat({k: _check_array(k, v) for k, v in named.items()})
 
 
 def _out(x, shape):

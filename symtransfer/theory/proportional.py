@@ -29,6 +29,7 @@ import numba as nb
 import numpy as np
 
 from .._config import load_config
+from .._validation import broadcast_flat
 from ..errors import ConvergenceError
 
 __all__ = [
@@ -436,14 +437,7 @@ def _setting_code(setting):
 
 
 def _broadcast(named: dict):
-    arrays = {k: _check_array(k, v) for k, v in named.items()}
-    try:
-        shape = np.broadcast_shapes(*(a.shape for a in arrays.values()))
-    except ValueError:
-        shapes = ", ".join(f"{k}{a.shape}" for k, a in arrays.items())
-        raise ValueError(f"parameter arrays do not broadcast together: {shapes}") from None
-    flat = {k: np.ascontiguousarray(np.broadcast_to(a, shape).reshape(-1)) for k, a in arrays.items()}
-    return shape, flat
+    return broadcast_flat({k: _check_array(k, v) for k, v in named.items()})
 
 
 def _shape_out(x, shape):

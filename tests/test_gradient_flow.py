@@ -605,3 +605,16 @@ def test_limited_source_kernel_matches_wide_network():
     null = np.linalg.norm(w_net - w_row) / math.sqrt((D - P) / (gamma**2 * N))
     assert 0.5 < null < 2.0
     assert u @ Sigma @ u == pytest.approx(1 + chi, rel=0.04)
+
+
+@pytest.mark.parametrize("mode", gf.MODES)
+@pytest.mark.parametrize("nu2", [0.3, 0.99, 1.5])
+def test_subnormal_ridge_is_ridgeless_not_nan(nu2, mode):
+    """A ridge of 2e-311 (found by hypothesis) overflowed the Marchenko-Pastur scalars to NaN."""
+    kw = dict(noise=0.1, mode=mode)
+    r0 = gf.finetune_error(nu2, 0.7, 1.5, **kw)
+    for ridge in (2.225073858507e-311, 1e-200, 1e-100):
+        assert gf.finetune_error(nu2, 0.7, 1.5, ridge=ridge, **kw) == pytest.approx(r0, rel=1e-14)
+        assert gf.scratch_error(nu2, ridge=ridge, **kw) == pytest.approx(gf.scratch_error(nu2, **kw), rel=1e-14)
+        assert gf.rich_limit_error(nu2, 0.7, ridge=ridge, **kw) == pytest.approx(
+            gf.rich_limit_error(nu2, 0.7, **kw), rel=1e-14)

@@ -86,6 +86,8 @@ _RANGES = {
 # ln(tau) on [-60, 60]: 64 halvings reach 7e-18, below double precision of ln(tau)
 _BISECT_ITERS = 64
 _LOG_TAU = (-60.0, 60.0)
+# Ridges below this are ridgeless to double precision (relative difference < 1e-15, measured).
+_RIDGE_FLOOR = 1e-100
 _RK_MAX_STEPS = 200_000
 
 
@@ -481,7 +483,9 @@ def _target(c0, c1, p, nu2, lam2, sig2):
     n = c0.size
     E = np.empty(n)
     rank_one = c0 == 0.0
-    ridged = ~rank_one & (lam2 > 0)
+    # Below _RIDGE_FLOOR the ridged form equals the ridgeless one to double precision, while its
+    # Marchenko-Pastur scalars (~1/ridge) overflow for subnormal ridges.
+    ridged = ~rank_one & (lam2 > _RIDGE_FLOOR)
     ridgeless = ~rank_one & ~ridged
     dead = rank_one & (c1 == 0.0)
     E[dead] = 1.0  # the zero kernel predicts 0
@@ -613,7 +617,7 @@ def rich_limit_error(nu2, alpha, *, nu1=np.inf, ridge=0.0, noise=0.0, alpha_nois
     E = np.empty(nu.size)
     r1 = c0 == 0
     E[r1] = 1.0 - p[r1] ** 2
-    rid = ~r1 & (lam2 > 0)
+    rid = ~r1 & (lam2 > _RIDGE_FLOOR)
     if np.any(rid):
         E[rid] = _call("rich_limit_ridge", lam2[rid] / c0[rid], p[rid], nu[rid], sig[rid])
     rl = ~r1 & ~rid

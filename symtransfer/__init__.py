@@ -1,5 +1,6 @@
 """symtransfer: theory and simulation of transfer learning in infinitely wide feature-learning networks."""
 
+from .advisor import Advice, advise
 from .activations import (Activation, GaussianEquivalence, available_activations, get_activation, leaky_relu,
                           register_activation)
 from .errors import (ConvergenceError, ConvergenceWarning, DivergenceError, EdgeOfNormalisabilityError,
@@ -8,6 +9,7 @@ from .errors import (ConvergenceError, ConvergenceWarning, DivergenceError, Edge
 from .datasets import TransferData, digits_transfer, load_task, load_transfer_data
 from .experiments import TransferTable, compare_transfer, kernel_alignment
 from .figures import ExperimentRun, run_experiment
+from .report import write_report
 from .sim import WideNetwork
 from .sweep import SweepReport, load_results, run_sweep
 from .symbolic import DMFTSystem, SaddlePointSystem, derive
@@ -23,6 +25,9 @@ from .theory.proportional import PhaseDiagram, SourceState, phase_diagram, sourc
 __version__ = "0.1.0"
 
 __all__ = [
+    "advise",
+    "Advice",
+    "write_report",
     "Activation",
     "available_activations",
     "get_activation",

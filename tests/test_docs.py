@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 API_MODULES = ["activations", "sim", "tasks", "theory.linear", "theory.adaptive", "theory.dmft",
                "theory.proportional", "theory.gradient_flow", "symbolic", "experiments", "figures", "datasets", "sweep",
-               "plotting"]
+               "plotting", "advisor", "report"]
 
 
 @pytest.mark.slow

@@ -103,6 +103,9 @@ class Advice:
     verification : dict or None
         With ``verify=True``: simulated wide networks for the recommendation and scratch, theory and
         simulation side by side (``rows``, ``agree``, ``verdict_agrees``, ``width``, ``seconds``).
+    failures : list of (task, message)
+        Settings whose theory did not solve (e.g. an equilibrium saddle point at too strong feature
+        learning): left out of the rows and of the recommendation, and named in the verdict.
     seconds : float
         Wall time of the whole advice.
     """
@@ -117,6 +120,7 @@ class Advice:
     verification: dict | None = None
     seconds: float = 0.0
     curves: dict = field(default_factory=dict)
+    failures: list = field(default_factory=list)
 
     @property
     def cost(self) -> list:
@@ -673,16 +677,17 @@ def _run_store(tasks, data, cfg, store, backend, workers, progress):
                "config": cfg_json, "task": json.dumps(_encode(t), sort_keys=True)} for t in tasks]
     report = run_sweep(points, store, local_cluster=(backend == "dask"), workers=workers, progress=progress,
                        allow_code=True)
-    if report.failures:
-        p, err = report.failures[0]
-        raise ConvergenceError(f"{len(report.failures)} advice task(s) failed; first: {err}")
+    failed = {point_key(normalise_point(p, allow_code=True)): err for p, err in report.failures}
     keys = [point_key(normalise_point(p, allow_code=True)) for p in points]
     df = load_results(store)
     by_key = {k: r for k, r in zip(df["key"], df["rows"])} if len(df) else {}
-    rows = []
-    for k in keys:
-        rows.extend(_decode(json.loads(by_key[k])))
-    return rows, report.n_already_done
+    rows, failures = [], []
+    for k, t in zip(keys, tasks):
+        if k in by_key:
+            rows.extend(_decode(json.loads(by_key[k])))
+        else:
+            failures.append((t, failed.get(k, "not computed")))
+    return rows, report.n_already_done, failures
 
 
 # =============================================================================================
@@ -816,13 +821,22 @@ def advise(X1, y1, X2, y2, *, activation="relu", dynamics="gradient_flow", X_tes
     tasks = _build_tasks(cfg)
     reused = 0
     if store is not None:
-        rows, reused = _run_store(tasks, data, cfg, store, backend, workers, progress)
+        rows, reused, failures = _run_store(tasks, data, cfg, store, backend, workers, progress)
     else:
         from tqdm.auto import tqdm
 
-        rows = []
+        from .errors import SymtransferError
+
+        rows, failures = [], []
         for task in tqdm(tasks, desc="advise", unit="task", disable=not progress, dynamic_ncols=True):
-            rows.extend(_run_task(task, data, cfg))
+            try:
+                rows.extend(_run_task(task, data, cfg))
+            except SymtransferError as exc:  # one setting that does not solve costs that setting only
+                failures.append((task, f"{type(exc).__name__}: {exc}"))
+    if not any(r["protocol"] == "scratch" for r in rows):
+        first = failures[0][1] if failures else "no scratch row"
+        raise ConvergenceError(f"advise: the scratch baseline could not be computed at any setting, so no "
+                               f"gain can be predicted; first failure: {first}")
 
     from .datasets import task_alignment
 
@@ -832,6 +846,10 @@ def advise(X1, y1, X2, y2, *, activation="relu", dynamics="gradient_flow", X_tes
         alignment = math.nan
 
     advice = _summarise(rows, cfg, alignment)
+    advice.failures = failures
+    if failures:
+        advice.verdict += (f" ({len(failures)} of {len(tasks)} settings did not solve and are left out; first: "
+                           f"{failures[0][1].splitlines()[0][:200]})")
     advice.params = {**{k: v for k, v in cfg.items() if k != "linear"}, "P1": int(X1.shape[0]), "P2": int(X2.shape[0]),
                      "D": int(D), "evaluation": "test set" if X_test is not None else f"{n_splits}-fold cross-validation",
                      "n_eval": int(len(y_test) if y_test is not None else len(y2)),

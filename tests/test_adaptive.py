@@ -545,3 +545,18 @@ def test_transfer_from_condensed_source_matches_langevin_simulation():
     gap = float(np.sqrt(np.mean((f - f_sim) ** 2)))
     assert gap < 3 * rms_sd + 0.01
     assert float(np.sqrt(np.mean((f - image - f_sim) ** 2))) > 3 * gap
+
+
+@pytest.mark.parametrize("private", ["diverged", "linalg"])
+def test_only_public_errors_leave_fit(private, monkeypatch):
+    """A runaway sampler or an indefinite sampled Hessian that the solver did not absorb is a
+    ConvergenceError, never the private ``_Diverged`` or NumPy's ``LinAlgError``."""
+    import symtransfer.theory.adaptive as ad
+
+    def boom(*args, **kwargs):
+        raise ad._Diverged() if private == "diverged" else np.linalg.LinAlgError("Matrix is not positive definite")
+
+    monkeypatch.setattr(ad, "_solve", boom)
+    X = np.random.default_rng(0).standard_normal((6, 3))
+    with pytest.raises(ConvergenceError, match="n_samples"):
+        AdaptiveKernel("relu", gamma=1.0, n_samples=512).fit(X, np.sign(X[:, 0]))

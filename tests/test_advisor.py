@@ -362,3 +362,29 @@ def test_store_through_dask_backend_slow(tmp_path):
     via = _advise(data, gammas=[0.8], gammas2=[0.8], store=tmp_path / "a.sqlite", backend="dask", workers=1)
     direct = _advise(data, gammas=[0.8], gammas2=[0.8])
     assert [r["error"] for r in via.rows] == pytest.approx([r["error"] for r in direct.rows], rel=1e-10)
+
+
+def test_a_setting_that_does_not_solve_costs_that_setting_only(monkeypatch):
+    """A theory failure (a ConvergenceError, e.g. an equilibrium saddle point at too strong feature
+    learning) leaves the other rows, is listed in ``failures`` and named in the verdict; without any
+    scratch row the advice itself fails with a named error."""
+    import symtransfer.advisor as A
+    from symtransfer.errors import ConvergenceError
+
+    real = A._run_task
+
+    def flaky(task, data, cfg):
+        if task["kind"] == "source":
+            raise ConvergenceError("injected failure")
+        return real(task, data, cfg)
+
+    data = _pair(1.0)
+    ok = _advise(data, gammas=[0.8], gammas2=[0.8])
+    monkeypatch.setattr(A, "_run_task", flaky)
+    adv = _advise(data, gammas=[0.8], gammas2=[0.8])
+    assert adv.failures and all("injected failure" in m for _, m in adv.failures)
+    assert "did not solve" in adv.verdict
+    assert {r["protocol"] for r in adv.rows} < {r["protocol"] for r in ok.rows}
+    monkeypatch.setattr(A, "_run_task", lambda *a: (_ for _ in ()).throw(ConvergenceError("always")))
+    with pytest.raises(ConvergenceError, match="scratch baseline"):
+        _advise(data, gammas=[0.8], gammas2=[0.8])

@@ -433,6 +433,26 @@ class _Diverged(Exception):
     pass
 
 
+def _public_errors(fit):
+    """Only public errors leave ``fit``: a runaway sampler (:class:`_Diverged`) or a Hessian that sampling
+    noise made indefinite (``LinAlgError``) that the solver's own recovery did not absorb becomes a
+    :class:`~symtransfer.errors.ConvergenceError` naming the likely cause."""
+    @functools.wraps(fit)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return fit(self, *args, **kwargs)
+        except _Diverged:
+            raise ConvergenceError(
+                f"{type(self).__name__}.fit: the tilted single-site chains ran away (the tilt is at or beyond "
+                f"the edge of normalisability, docs/adaptive.md (A.3)) and the solver could not recover; "
+                f"try a smaller gamma or a larger n_samples") from None
+        except np.linalg.LinAlgError as exc:
+            raise ConvergenceError(
+                f"{type(self).__name__}.fit: a saddle-point Hessian estimated by sampling was not positive "
+                f"definite ({exc}); try a larger n_samples or a smaller gamma") from None
+    return wrapper
+
+
 def _all_moments(draw, ss, v, w, s, c, lam, y):
     """:func:`_moments` plus, in transfer from a condensed source, its image (eq. (A.7))."""
     g, H = _moments(ss, v, w, s, c, lam, y)
@@ -1356,6 +1376,7 @@ class AdaptiveKernel(_AdaptiveBase):
         return act, gamma, lam, T, n_samples, n_chains, tol, max_iter, seed
 
     @_one_blas_thread
+    @_public_errors
     def fit(self, X, y):
         """Solve the saddle point (eqs. (2.3)-(2.4)) on ``(X, y)``; returns ``self``.
 
@@ -1494,6 +1515,7 @@ class AdaptiveTransfer(_AdaptiveBase):
         self.seed = seed
 
     @_one_blas_thread
+    @_public_errors
     def fit(self, X2, y2):
         """Solve the quenched target saddle point (eqs. (3.1)-(3.3)); returns ``self``."""
         src = self.source

@@ -848,8 +848,10 @@ def advise(X1, y1, X2, y2, *, activation="relu", dynamics="gradient_flow", X_tes
     advice = _summarise(rows, cfg, alignment)
     advice.failures = failures
     if failures:
-        advice.verdict += (f" ({len(failures)} of {len(tasks)} settings did not solve and are left out; first: "
-                           f"{failures[0][1].splitlines()[0][:200]})")
+        task, msg = failures[0]
+        where = ", ".join(f"{k} = {v:g}" for k, v in task.items() if isinstance(v, float))
+        advice.verdict += (f" ({len(failures)} of {len(tasks)} settings did not solve and are left out, see "
+                           f"Advice.failures; first: the {task['kind']} at {where}, {msg.split(':', 1)[0]})")
     advice.params = {**{k: v for k, v in cfg.items() if k != "linear"}, "P1": int(X1.shape[0]), "P2": int(X2.shape[0]),
                      "D": int(D), "evaluation": "test set" if X_test is not None else f"{n_splits}-fold cross-validation",
                      "n_eval": int(len(y_test) if y_test is not None else len(y2)),

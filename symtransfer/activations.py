@@ -436,6 +436,8 @@ class Activation:
         Use the derived closed-form dual kernels where they exist (default). ``False`` forces the
         quadrature path everywhere (for checks and benchmarks).
 
+    Notes
+    -----
     Attributes computed once from the SymPy expression (docs/symbolic.md, section 1): ``growth``,
     ``kinks``, ``pieces``, ``asymptotic_slopes``, ``linear_pieces``, ``square_integrable``, and the
     derived dual kernels (:meth:`dual_kernel_expr`, :attr:`dual_kernel_method`).

@@ -790,13 +790,15 @@ def run_sweep(config, db_path, *, scheduler=None, local_cluster=False, workers=N
     scheduler_timeout : float, optional
         Seconds to wait for the Dask scheduler at ``scheduler`` (default :data:`SCHEDULER_TIMEOUT`).
 
-    Several drivers may share one database at the same time (say a second terminal, or a second
-    job on a cluster): each point is claimed before it is computed (table ``claims``), so each is
-    computed once, and each report counts what its own call computed.
-
     Returns
     -------
     SweepReport
+
+    Notes
+    -----
+    Several drivers may share one database at the same time (say a second terminal, or a second
+    job on a cluster): each point is claimed before it is computed (table ``claims``), so each is
+    computed once, and each report counts what its own call computed.
     """
     if scheduler is not None and local_cluster:
         raise ValueError("give either scheduler=ADDRESS or local_cluster=True, not both")

@@ -705,8 +705,8 @@ def _evaluate_gf_finetune(p) -> dict:
 
 
 # --- gf-polynomial: loss against time, DMFT lines and width-N networks --------------------------------
-def _gf_times(cfg):
-    return np.linspace(0.0, cfg["t_max"], cfg["n_times"])
+def _gf_times(t_max, n_times):
+    return np.linspace(0.0, t_max, n_times)
 
 
 @lru_cache(maxsize=8)
@@ -759,7 +759,7 @@ def _evaluate_gf_poly(p) -> dict:
     tt = tuple(sorted(p["target_teacher"].items()))
     st = tuple(sorted(p["source_teacher"].items())) if "source_teacher" in p else tt
     t = _gf_poly_task(p["dim"], p.get("n_source", 1), p["n_target"], p["n_test"], st, tt, p["seed"]).target
-    times = np.linspace(0.0, p["t_max"], p["n_times"])
+    times = _gf_times(p["t_max"], p["n_times"])
     theory = p["method"] == "theory"
     if p["setting"] == "scratch":
         every = None if theory else max(1, max(1, round(p["t_max"] / p["lr"])) // (4 * (p["n_times"] - 1)))
@@ -796,7 +796,7 @@ def _hermite_label(spec) -> str:
 
 
 def _gf_poly_specs(cfg):
-    times = _gf_times(cfg)
+    times = _gf_times(cfg["t_max"], cfg["n_times"])
     specs = []
     for pair, (src, tgt) in cfg["pairs"].items():
         for method in ("theory", "simulation"):
@@ -1040,6 +1040,12 @@ def _gf_ss_specs(cfg):
             meta = {"panel": f"error: {curve}", "method": "theory", "setting": "finetune",
                     "quantity": "test_error", "x_name": "g1", "x": float(x)}
             specs.append(_Spec(meta, _gf_params(cfg, pan, "theory", float(x), alpha, an, nu2), [None], _const(float(e))))
+        kw = {k: pan[k] for k in _GF_CF_KEYS if k != "nu1"}
+        g_opt, e_opt = gf.optimal_source_strength(nu2, alpha, pan["nu1"], return_error=True, **kw)
+        meta = {"panel": f"error: {curve}", "method": "theory", "setting": "finetune", "quantity": "optimum",
+                "x_name": "g1", "x": float(g_opt)}
+        specs.append(_Spec(meta, _gf_params(cfg, pan, "theory", float(g_opt), alpha, an, nu2), [None],
+                           _const(float(e_opt))))
         es = float(gf.scratch_error(nu2, ridge=pan["ridge"], noise=pan["noise"]))
         meta = {"panel": f"error: {curve}", "method": "theory", "setting": "scratch", "quantity": "test_error",
                 "x_name": "g1", "x": 0.0}
@@ -1113,14 +1119,10 @@ def _plot_gf_ss(cfg, rows):
     curves = [f"nu2={n:g}" for n in cfg["nu2s"]]
     _plot_curves(ax, rows, "error", curves)
     star = {r["x"]: r["mean"] for r in _select(rows, panel="optimum", quantity="g1_star")}
-    from .theory import gradient_flow as gf
-
     for k, nu2 in enumerate(cfg["nu2s"]):
-        kw = {k2: pan[k2] for k2 in _GF_CF_KEYS}
-        nu1 = kw.pop("nu1")
-        g, e = gf.optimal_source_strength(nu2, pan["alpha"], nu1, return_error=True, **kw)
-        if math.isfinite(float(g)):
-            ax.plot([float(g)], [float(e)], marker="*", ms=13, color=_CURVE_COLORS[k], mec="black", lw=0)
+        for r in _select(rows, panel=f"error: nu2={nu2:g}", quantity="optimum"):
+            if math.isfinite(r["x"]):
+                ax.plot([r["x"]], [r["mean"]], marker="*", ms=13, color=_CURVE_COLORS[k], mec="black", lw=0)
         sc = _select(rows, panel=f"error: nu2={nu2:g}", method="theory", setting="scratch")
         if sc:
             ax.axhline(sc[0]["mean"], color=_CURVE_COLORS[k], ls=":", lw=1.0)

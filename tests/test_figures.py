@@ -67,7 +67,7 @@ def _expected_rows(name, cfg):
                    for pan in cfg["panels"].values())
     if name == "gf-source-strength":
         line = np.union1d(np.geomspace(*cfg["g1_range"], cfg["n_line"]), cfg["g1_sim"])
-        return len(cfg["nu2s"]) * (len(line) + 1 + len(cfg["g1_sim"])) + 2 * cfg["n_line"]
+        return len(cfg["nu2s"]) * (len(line) + 2 + len(cfg["g1_sim"])) + 2 * cfg["n_line"]
     if name == "gf-polynomial":
         return len(cfg["pairs"]) * 2 * 2 * cfg["n_times"]
     if name == "gf-digits":
@@ -378,11 +378,14 @@ def test_gf_source_strength_optimum_decreases_with_nu2(outdir):
     assert g[0] == pytest.approx(float(want), rel=1e-12)
     # the stars sit at the minimum of the drawn lines
     for nu2 in cfg["nu2s"]:
-        line = _by(rows, panel=f"error: nu2={nu2:g}", method="theory", setting="finetune")
+        line = _by(rows, panel=f"error: nu2={nu2:g}", method="theory", setting="finetune", quantity="test_error")
         gs, e = gf.optimal_source_strength(nu2, pan["alpha"], pan["nu1"], ridge=pan["ridge"], noise=pan["noise"],
                                            weight_decay=pan["weight_decay"], source_noise=pan["source_noise"],
                                            return_error=True)
         assert float(e) <= min(r["mean"] for r in line) + 1e-12
+        # the star drawn is that optimum, from the table
+        opt = _one(rows, panel=f"error: nu2={nu2:g}", quantity="optimum")
+        assert (opt["x"], opt["mean"]) == pytest.approx((float(gs), float(e)), rel=1e-12)
 
 
 def test_gf_dmft_rows_are_the_population_on_the_same_data(outdir):

@@ -130,3 +130,42 @@ def broadcast_flat(arrays: dict):
         raise ValueError(f"parameter arrays do not broadcast together: {shapes}") from None
     flat = {k: np.ascontiguousarray(np.broadcast_to(a, shape).reshape(-1)) for k, a in arrays.items()}
     return shape, flat
+
+
+def check_real_array(name: str, value, *, low, low_open=False, high=None, allow_inf=False, scale_limit=None,
+                     two_sided=False) -> np.ndarray:
+    """``value`` as a float64 array after checking every entry lies in the stated range.
+
+    ``scale_limit`` bounds finite magnitudes (``|v| <= scale_limit``, and ``v >= 1/scale_limit`` with
+    ``two_sided`` for positive scales) where the equations using them would over- or underflow
+    float64: such a value is refused, naming the parameter, rather than returned as NaN or inf.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a real number or array, got {value!r}")
+    if np.iscomplexobj(value):
+        raise ValueError(f"{name} must be real, got a complex value")
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number or array of reals, got {value!r}") from None
+    rng = (f"({low}, " if low_open else f"[{low}, ") + (f"{high}]" if high is not None else "inf" + (
+        "]" if allow_inf else ")"))
+    if np.any(np.isnan(arr)):
+        raise ValueError(f"{name} must lie in {rng}, got nan")
+    if not allow_inf and np.any(np.isinf(arr)):
+        raise ValueError(f"{name} must be finite (in {rng}), got {value!r}")
+    bad = (arr <= low) if low_open else (arr < low)
+    if high is not None:
+        bad = bad | (arr > high)
+    if np.any(bad):
+        raise ValueError(f"{name} must lie in {rng}, got {arr[bad].flat[0]!r}")
+    if scale_limit is not None:
+        finite = arr[np.isfinite(arr)]
+        out = np.abs(finite) > scale_limit
+        if two_sided:
+            out |= finite < 1.0 / scale_limit
+        if np.any(out):
+            bounds = f"[{1.0 / scale_limit:g}, {scale_limit:g}]" if two_sided else f"<= {scale_limit:g} in magnitude"
+            raise ValueError(f"{name} must lie in {bounds} (beyond, the equations over/underflow float64), "
+                             f"got {float(finite[out].flat[0])!r}")
+    return arr

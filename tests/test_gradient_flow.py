@@ -618,3 +618,15 @@ def test_subnormal_ridge_is_ridgeless_not_nan(nu2, mode):
         assert gf.scratch_error(nu2, ridge=ridge, **kw) == pytest.approx(gf.scratch_error(nu2, **kw), rel=1e-14)
         assert gf.rich_limit_error(nu2, 0.7, ridge=ridge, **kw) == pytest.approx(
             gf.rich_limit_error(nu2, 0.7, **kw), rel=1e-14)
+
+
+@pytest.mark.parametrize("kw, name", [(dict(noise=1e200), "noise"), (dict(nu1=1e-300), "nu1"),
+                                      (dict(ridge=1e300), "ridge"), (dict(g1=1e300), "g1"),
+                                      (dict(nu2=1e-300), "nu2"), (dict(weight_decay=1e300), "weight_decay")])
+def test_float64_breaking_scales_are_refused_not_nan(kw, name):
+    """Magnitudes beyond 1e100 (or below 1e-100 for nu1, nu2) gave NaN or inf; now a ValueError naming them."""
+    args = dict(nu2=0.5, alpha=0.7, g1=1.5)
+    args.update(kw)
+    nu2, alpha, g1 = args.pop("nu2"), args.pop("alpha"), args.pop("g1")
+    with pytest.raises(ValueError, match=name):
+        gf.finetune_error(nu2, alpha, g1, source_noise=0.5, **args)

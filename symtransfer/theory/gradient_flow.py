@@ -39,7 +39,7 @@ from typing import NamedTuple
 import numpy as np
 import sympy as sp
 
-from .._validation import broadcast_flat
+from .._validation import broadcast_flat, check_real_array
 from ..errors import ConvergenceError
 
 __all__ = [
@@ -86,6 +86,10 @@ _RANGES = {
 # ln(tau) on [-60, 60]: 64 halvings reach 7e-18, below double precision of ln(tau)
 _BISECT_ITERS = 64
 _LOG_TAU = (-60.0, 60.0)
+# Beyond these magnitudes the closed forms over- or underflow float64: refused, naming the parameter,
+# rather than returned as NaN (samples per dimension are positive scales, bounded on both sides).
+_SCALE_LIMIT = 1e100
+_SCALED = {"nu1", "nu2"}
 # Ridges below this are ridgeless to double precision (relative difference < 1e-15, measured).
 _RIDGE_FLOOR = 1e-100
 _RK_MAX_STEPS = 200_000
@@ -218,24 +222,8 @@ def _call(name, *args):
 
 def _check_array(name, value):
     low, low_open, high, allow_inf = _RANGES[name]
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a real number or array, got {value!r}")
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number or array of reals, got {value!r}") from None
-    rng = (f"({low}, " if low_open else f"[{low}, ") + (f"{high}]" if high is not None else "inf" + (
-        "]" if allow_inf else ")"))
-    if np.any(np.isnan(arr)):
-        raise ValueError(f"{name} must lie in {rng}, got nan")
-    if not allow_inf and np.any(np.isinf(arr)):
-        raise ValueError(f"{name} must be finite (in {rng}), got {value!r}")
-    bad = (arr <= low) if low_open else (arr < low)
-    if high is not None:
-        bad = bad | (arr > high)
-    if np.any(bad):
-        raise ValueError(f"{name} must lie in {rng}, got {arr[bad].flat[0]!r}")
-    return arr
+    return check_real_array(name, value, low=low, low_open=low_open, high=high, allow_inf=allow_inf,
+                            scale_limit=_SCALE_LIMIT, two_sided=name in _SCALED)
 
 
 def _broadcast(named):

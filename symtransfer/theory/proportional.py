@@ -29,7 +29,7 @@ import numba as nb
 import numpy as np
 
 from .._config import load_config
-from .._validation import broadcast_flat
+from .._validation import broadcast_flat, check_real_array
 from ..errors import ConvergenceError
 
 __all__ = [
@@ -369,35 +369,9 @@ def _source_kernel(nu, g, lam, T, sig, out, status):
 
 def _check_array(name, value):
     low, low_open, high, allow_inf = _RANGES[name]
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a real number or array, got {value!r}")
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number or array of reals, got {value!r}") from None
-    if np.any(np.isnan(arr)):
-        raise ValueError(f"{name} contains nan")
-    if not allow_inf and np.any(np.isinf(arr)):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    rng = (f"({low}, " if low_open else f"[{low}, ") + (f"{high}]" if high is not None else "inf" + (
-        "]" if allow_inf else ")"))
-    bad = (arr <= low) if low_open else (arr < low)
-    if high is not None:
-        bad = bad | (arr > high)
-    if np.any(bad):
-        first = arr[bad].flat[0]
-        raise ValueError(f"{name} must lie in {rng}, got {first!r}")
-    finite = arr[np.isfinite(arr)]
-    lo_lim = 1.0 / _SCALE_LIMIT
-    if name in _SCALED and np.any((finite < lo_lim) | (finite > _SCALE_LIMIT)):
-        first = float(finite[(finite < lo_lim) | (finite > _SCALE_LIMIT)].flat[0])
-        raise ValueError(f"{name} must lie in [{lo_lim:g}, {_SCALE_LIMIT:g}] (beyond, the saddle-point equations "
-                         f"over/underflow float64), got {first!r}")
-    if name in _BOUNDED_ABOVE and np.any(finite > _SCALE_LIMIT):
-        first = float(finite[finite > _SCALE_LIMIT].flat[0])
-        raise ValueError(f"{name} must be <= {_SCALE_LIMIT:g} (beyond, the saddle-point equations overflow "
-                         f"float64; coupling may be inf), got {first!r}")
-    return arr
+    limit = _SCALE_LIMIT if name in _SCALED or name in _BOUNDED_ABOVE else None
+    return check_real_array(name, value, low=low, low_open=low_open, high=high, allow_inf=allow_inf,
+                            scale_limit=limit, two_sided=name in _SCALED)
 
 
 def _call_kernel(kernel, args, out, status, flat, what):

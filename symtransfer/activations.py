@@ -564,6 +564,15 @@ class Activation:
         return self._memo("slopes", build)
 
     @property
+    def is_linear(self) -> bool:
+        """``phi(h) = c h``: a population then feels the law of its neurons through second moments only."""
+        def build():
+            d = sp.diff(self.expr, x)
+            return not d.free_symbols and sp.simplify(self.expr - d * x) == 0
+
+        return self._memo("is_linear", build)
+
+    @property
     def linear_pieces(self):
         """``(kinks, slopes, intercepts)`` as float64 arrays when ``phi`` is piecewise linear with at least
         one kink (ReLU, leaky ReLU, hard tanh, ``|x|``), else ``None``: Gaussian means of such ``phi`` are

@@ -30,14 +30,12 @@ import warnings
 
 import numba as nb
 import numpy as np
-import sympy as sp
 from scipy.linalg import lapack
 from sklearn.exceptions import NotFittedError
 from threadpoolctl import ThreadpoolController
 
 from .._validation import check_inputs, check_int, check_real, check_targets
 from ..activations import get_activation
-from ..activations import x as _x
 from ..errors import ConvergenceWarning, DivergenceError
 
 __all__ = ["GradientFlowDMFT", "StepSizeError"]
@@ -389,21 +387,6 @@ def _top_eigenvalue(A: np.ndarray, v0: np.ndarray, iters: int = 60) -> tuple[flo
     return max(lam, float(np.linalg.norm(A @ v))), v
 
 
-def _is_linear(act) -> bool:
-    """``phi(h) = c h``: the population law then enters the dynamics through second moments only."""
-    return _is_linear_expr(sp.srepr(act.expr))
-
-
-@functools.lru_cache(maxsize=64)
-def _is_linear_expr(srepr: str) -> bool:
-    expr = sp.sympify(srepr)
-    try:
-        d = sp.diff(expr, _x)
-        return not d.free_symbols and sp.simplify(expr - d * _x) == 0
-    except (TypeError, ValueError, AttributeError):  # pragma: no cover - exotic expressions
-        return False
-
-
 def _whiten_rows(Xi: np.ndarray) -> np.ndarray:
     """``Xi`` (M, k) mapped so that ``Xi^T Xi / M = I`` exactly (moment-matched Gaussian draws)."""
     M, k = Xi.shape
@@ -649,7 +632,7 @@ class GradientFlowDMFT:
         P, Q = X.shape[0], X_all.shape[0]
         K_all = X_all @ X_all.T / D
         rng = np.random.default_rng(p["seed"])
-        moment = self.init == "moment_matched" or (self.init == "auto" and _is_linear(self._act))
+        moment = self.init == "moment_matched" or (self.init == "auto" and self._act.is_linear)
 
         if h0 is None:
             M = p["M"]
@@ -1349,7 +1332,7 @@ class GradientFlowDMFT:
         if a0 is None:
             sigma0 = check_real("init_scale", self.init_scale, low=0.0, low_open=True)
             a0 = sigma0 * rng.standard_normal(Href.shape[0])
-            moment = target.init == "moment_matched" or (target.init == "auto" and _is_linear(self._act))
+            moment = target.init == "moment_matched" or (target.init == "auto" and self._act.is_linear)
             M = Href.shape[0]
             if moment and M > Href.shape[1] + 1:
                 # fresh readouts orthogonal to the source features, with exact second moment sigma_0^2:

@@ -642,3 +642,14 @@ def test_two_records_still_integrate_to_t_max():
     assert few.history_["time"][-1] == pytest.approx(3.0) and few.t_end_ == pytest.approx(3.0)
     # same flow, different stopping points of the adaptive step: equal to the tolerance
     assert few.history_["train_loss"][-1] == pytest.approx(many.history_["train_loss"][-1], rel=2e-2, abs=1e-4)
+
+
+def test_early_stopping_refinement_never_goes_below_zero():
+    """A skewed triple of records around the minimum put the refining parabola's vertex at a negative loss."""
+    from symtransfer.theory.dmft import _best_on_curve
+
+    times = np.exp([-1.0, 0.0, 1.0, 2.0])
+    t, loss = _best_on_curve(times, np.array([2.0, 1.0, 0.01, 0.02]))
+    assert loss == 0.01 and t == pytest.approx(math.e)
+    t, loss = _best_on_curve(times, np.array([2.0, 1.0, 0.5, 0.8]))  # an interior vertex is still refined
+    assert loss == pytest.approx(0.49375) and t == pytest.approx(math.exp(1.125))

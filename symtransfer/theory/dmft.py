@@ -417,7 +417,8 @@ def _best_on_curve(times, loss):
             u_opt = -c[1] / (2 * c[0])
             if u[0] - u[1] <= u_opt <= u[2] - u[1]:
                 val = float(np.polyval(c, u_opt))
-                if val <= l_best:
+                # a steep, skewed triple can put the parabola's vertex below zero: a loss cannot be
+                if 0.0 <= val <= l_best:
                     t_best, l_best = float(math.exp(u[1] + u_opt)), val
     return t_best, l_best
 

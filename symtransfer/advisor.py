@@ -123,6 +123,11 @@ class Advice:
     failures: list = field(default_factory=list)
 
     @property
+    def recommendation(self) -> str:
+        """The best protocol and its settings in words, e.g. ``readout fine-tuning (gamma1 = 0.447)``."""
+        return describe(self.best)
+
+    @property
     def cost(self) -> list:
         """Seconds spent on each row (same order as :attr:`rows`)."""
         return [r["seconds"] for r in self.rows]

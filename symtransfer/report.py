@@ -124,11 +124,9 @@ def _num(v, digits=4):
 
 def render_html(advice, figure_png_b64: str) -> str:
     """The report as one HTML string (no external resources)."""
-    from .advisor import describe
-
     esc = html.escape
     best = advice.best
-    rec = describe(best)
+    rec = advice.recommendation
     gain = (f"{best['gain']:+.4g} ± {best['gain_stderr']:.2g}" if best["protocol"] != "scratch" else "–")
     cols = ["protocol", "gamma1", "gamma2", "coupling", "pretrain_time", "target_time", "error", "stderr", "gain",
             "gain_stderr", "seconds", "method", "note"]

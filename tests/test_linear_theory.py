@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn.exceptions import NotFittedError
 
 from symtransfer.theory.linear import LinearTheory
 
@@ -163,5 +164,5 @@ def test_bad_input():
         src.transfer(X2, y2, gamma=1.0, weight_decay=1.0, temperature=1.0, coupling=-1.0)
     with pytest.raises(ValueError, match="features"):
         src.transfer(X2[:, :-1], y2, gamma=1.0, weight_decay=1.0, temperature=1.0, coupling=1.0)
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         LinearTheory().predict(X1)

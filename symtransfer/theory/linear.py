@@ -5,19 +5,23 @@ one amplitude ``a`` for a single task (eq. 2.9) and two, ``t`` and ``A``, for tr
 Everything is expressed through the input kernel ``K``, so one eigendecomposition of the training
 Gram matrix makes every root-finding evaluation ``O(P)``.
 
-The estimators follow scikit-learn: hyper-parameters in the constructor, ``fit`` returns ``self``,
-fitted state ends in ``_``.
+The estimators follow the package's contract (:class:`~symtransfer.base.TransferEstimator`,
+docs/estimators.md): hyper-parameters in the constructor, ``fit`` returns ``self``, fitted state ends
+in ``_``, and :meth:`LinearTheory.transfer` with ``coupling=inf`` (or ``readout_only=True``) is
+readout fine-tuning.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable
 
 import numpy as np
 from scipy.optimize import brentq
 
 from .._validation import check_inputs, check_real, check_Xy
+from ..base import TransferEstimator
 from ..errors import ConvergenceError
 
 __all__ = ["LinearTheory", "LinearTransferTheory", "linear_kernel"]
@@ -44,9 +48,11 @@ class _EigenRidge:
         self.yt = U.T @ y
         self.gt = U.T @ g if g is not None else np.zeros_like(self.yt)
         self.lam = lam
+        self.n_solves = 0  # reported as n_iter_: the root finders' evaluations
 
     def solve(self, alpha: float, beta: float) -> np.ndarray:
         """``v`` in the eigenbasis (multiply by ``U`` for the original basis)."""
+        self.n_solves += 1
         r = 1.0 / (alpha * self.k + self.lam)
         vt = r * self.yt
         if beta != 0.0:
@@ -134,17 +140,29 @@ def _check_hyper(gamma, weight_decay, temperature, suffix=""):
     return g, lam, T
 
 
-def _check_finite_state(model, what):
+def _check_finite_state(model, what, Phi):
     """A saddle point that over- or underflowed is an error, not a NaN/inf predictor."""
     vals = [model.a_ if hasattr(model, "a_") else 0.0, *(getattr(model, k, 0.0) for k in ("t_", "A_", "M_"))]
     if not (all(math.isfinite(float(v)) for v in vals) and np.all(np.isfinite(model.v_))
-            and np.all(np.isfinite(model.Phi_))):
+            and np.all(np.isfinite(Phi))):
         raise ConvergenceError(f"{what}: the saddle point is not representable in float64 (amplitude "
                                f"{float(vals[0]):g}); rescale the data or bring temperature/weight_decay closer to 1")
 
 
-class LinearTheory:
+def _set_history(model, X, y, eval_set):
+    """One-entry ``history_`` (docs/estimators.md): the saddle point is found by scalar root finding,
+    whose iterates are not models, so the only entry is the solution (``time`` = ``n_iter_``)."""
+    test = [] if eval_set is None else [float(np.mean((model.predict(eval_set[0]) - eval_set[1]) ** 2))]
+    model.history_ = {"time": np.array([float(model.n_iter_)]),
+                      "train_loss": np.array([float(np.mean((model.predict(X) - y) ** 2))]),
+                      "test_loss": np.array(test, dtype=np.float64)}
+
+
+class LinearTheory(TransferEstimator):
     """Exact ``N -> infinity`` equilibrium of a linear-activation network on one task.
+
+    Regime ``"equilibrium"`` (docs/estimators.md): ``weight_decay > 0`` and ``temperature > 0``; the
+    default ``temperature=1`` (the dynamics models default to ``0``, gradient flow).
 
     Parameters
     ----------
@@ -153,12 +171,20 @@ class LinearTheory:
     weight_decay : float, > 0
         ``lambda``; also the ridge of the readout.
     temperature : float, > 0
-        ``T``; the prior variance is ``s^2 = T/lambda`` (eq. 2.1).
+        ``T``; the prior variance is ``s^2 = T/lambda`` (eq. 2.1). Default ``1``.
     input_kernel : callable, optional
         Input kernel ``K(XA, XB)``; default ``x.x'/D`` (eq. 1.1). ``weight_covariance`` needs the default.
 
     Attributes
     ----------
+    n_features_in_ : int
+    converged_ : bool
+        Always ``True`` (a root finder that fails raises :class:`~symtransfer.errors.ConvergenceError`).
+    n_iter_ : int
+        Evaluations of the scalar root finders (each one ``O(P)``).
+    history_ : dict of ndarray
+        ``"time"``, ``"train_loss"``, ``"test_loss"`` (docs/estimators.md) with one entry, the solution
+        (``time = n_iter_``); ``"test_loss"`` is empty without ``eval_set``.
     a_ : float
         Amplitude ``a = s^2/(1 - chi)`` (eq. 2.9); the effective ridge is ``lambda/a``.
     chi_, eta_ : float
@@ -179,9 +205,9 @@ class LinearTheory:
     def _K(self, XA, XB):
         return (self.input_kernel or linear_kernel)(XA, XB)
 
-    def _check_fitted(self):
-        if not hasattr(self, "v_"):
-            raise RuntimeError(f"{type(self).__name__} is not fitted yet: call fit(X, y) first")
+    def _check_hyper(self) -> dict:
+        g, lam, T = _check_hyper(self.gamma, self.weight_decay, self.temperature)
+        return {"gamma": g, "weight_decay": lam, "temperature": T}
 
     def _set_predictive(self, ridge, vt):
         # The null modes of K(X, X) are also null for K(x, X) at any x (K is PSD), so they add
@@ -193,10 +219,14 @@ class LinearTheory:
         self._check_fitted()
         return check_inputs(X, name, self.X_.shape[1])
 
-    def fit(self, X, y):
-        """Solve the saddle point (eq. 2.9) on the training set ``(X, y)``; returns ``self``."""
-        gamma, lam, T = _check_hyper(self.gamma, self.weight_decay, self.temperature)
+    def fit(self, X, y, eval_set=None):
+        """Solve the saddle point (eq. 2.9) on the training set ``(X, y)``; returns ``self``.
+
+        ``eval_set=(X_test, y_test)`` only fills ``history_["test_loss"]``.
+        """
+        gamma, lam, T = self._check_hyper().values()
         X, y = check_Xy(X, y)
+        eval_set = self._check_eval_set(eval_set, X.shape[1])
         s2 = T / lam
         K = self._K(X, X)
         ridge = _EigenRidge(K, y, None, lam)
@@ -210,18 +240,32 @@ class LinearTheory:
         self._set_predictive(ridge, vt)
         g = K @ self._vp
         with np.errstate(over="ignore", invalid="ignore"):  # reported just below
-            self.Phi_ = s2 * K + gamma**2 * A * np.outer(g, g)
-        _check_finite_state(self, "LinearTheory.fit")
+            Phi = s2 * K + gamma**2 * A * np.outer(g, g)
+        self.n_features_in_ = X.shape[1]
+        self._finish(Phi, ridge, X, y, eval_set, "LinearTheory.fit")
         return self
 
-    def feature(self, X) -> np.ndarray:
-        """``K(x, X) v``: the learned direction evaluated on inputs ``X``."""
+    def _finish(self, Phi, ridge, X, y, eval_set, what):
+        """Set the common fitted attributes once the state is known to be finite."""
+        _check_finite_state(self, what, Phi)
+        self.Phi_ = Phi  # last: a model whose solve failed is not fitted
+        self.converged_ = True
+        self.n_iter_ = int(ridge.n_solves)
+        _set_history(self, X, y, eval_set)
+
+    def features(self, X) -> np.ndarray:
+        """``K(x, X) v``: the learned direction evaluated on inputs ``X``, shape ``(n,)`` (eq. 2.10)."""
         X = self._check_X(X)
         return self._K(X, self.X_) @ self._vp
 
+    def feature(self, X) -> np.ndarray:
+        """Deprecated alias of :meth:`features`."""
+        warnings.warn("LinearTheory.feature is deprecated: use features", DeprecationWarning, stacklevel=2)
+        return self.features(X)
+
     def predict(self, X) -> np.ndarray:
         """Mean predictor ``a K(x, X) v`` (eq. 2.10)."""
-        g = self.feature(X)
+        g = self.features(X)
         return self.a_ * g
 
     def kernel(self, XA, XB=None) -> np.ndarray:
@@ -240,19 +284,18 @@ class LinearTheory:
         u = self.X_.T @ self._vp / math.sqrt(self.X_.shape[1])
         return self.s2_ * np.eye(self.X_.shape[1]) + float(self.gamma) ** 2 * self.a_ * np.outer(u, u)
 
-    def test_error(self, X, y) -> float:
-        """Mean squared error ``mean (f(x) - y)^2`` (section 5)."""
-        X, y = check_Xy(X, y)
-        return float(np.mean((self.predict(X) - y) ** 2))
+    def _transfer(self, X2, y2, *, coupling, gamma, weight_decay, temperature, eval_set=None,
+                  **options) -> "LinearTransferTheory":
+        """Fitted target model trained from this source (section 3), via :meth:`transfer`.
 
-    def transfer(self, X2, y2, *, gamma, weight_decay, temperature, coupling) -> "LinearTransferTheory":
-        """Fitted target model trained from this source (section 3).
-
-        ``coupling=inf`` is readout fine-tuning on source features, ``coupling=0`` training from scratch.
+        ``coupling=inf`` (or ``readout_only=True``) is readout fine-tuning on source features,
+        ``coupling=0`` training from scratch; omitted hyper-parameters are the source's.
         """
-        self._check_fitted()
+        if options:
+            raise ValueError(f"LinearTheory.transfer got unknown options {sorted(options)}; it accepts "
+                             f"coupling, readout_only, gamma, weight_decay, temperature and eval_set")
         return LinearTransferTheory(self, gamma=gamma, weight_decay=weight_decay, temperature=temperature,
-                                    coupling=coupling).fit(X2, y2)
+                                    coupling=coupling).fit(X2, y2, eval_set=eval_set)
 
 
 class LinearTransferTheory(LinearTheory):
@@ -275,20 +318,30 @@ class LinearTransferTheory(LinearTheory):
         ``v2^T K22 v2`` and ``v2^T Phi1(X2, X2) v2``.
     """
 
+    # clone keeps the fitted source (a fresh copy of it would not be fitted)
+    _shared_params = ("source",)
+
     def __init__(self, source, gamma=1.0, weight_decay=1.0, temperature=1.0, coupling=0.0):
         self.source = source
+        self.gamma = gamma
+        self.weight_decay = weight_decay
+        self.temperature = temperature
         self.coupling = coupling
-        super().__init__(gamma=gamma, weight_decay=weight_decay, temperature=temperature,
-                         input_kernel=source.input_kernel)
 
-    def fit(self, X, y):
+    @property
+    def input_kernel(self):
+        """The source's input kernel (the target has no kernel of its own)."""
+        return getattr(self.source, "input_kernel", None)
+
+    def fit(self, X, y, eval_set=None):
         """Solve eq. (3.5) on the target training set; returns ``self``."""
         src = self.source
         if not isinstance(src, LinearTheory) or not hasattr(src, "v_"):
             raise ValueError("source must be a fitted LinearTheory")
-        gamma, lam, T = _check_hyper(self.gamma, self.weight_decay, self.temperature)
+        gamma, lam, T = self._check_hyper().values()
         delta = check_real("coupling", self.coupling, low=0.0, allow_inf=True)
         X, y = check_Xy(X, y, "X2", "y2", n_features=src.X_.shape[1])
+        eval_set = self._check_eval_set(eval_set, X.shape[1])
         if math.isinf(delta):
             m2, s2c, c = 1.0, 0.0, 0.0
         else:
@@ -310,9 +363,10 @@ class LinearTransferTheory(LinearTheory):
         self.v_ = v
         self.kappa_ = float(v @ K @ v)
         self.rho_ = sig1 * self.kappa_ + beta1 * float(g @ v) ** 2
+        self.n_features_in_ = X.shape[1]
         with np.errstate(over="ignore", invalid="ignore"):  # reported just below
-            self.Phi_ = self.kernel(X)
-        _check_finite_state(self, "LinearTransferTheory.fit")
+            Phi = self._kernel(X, X, same=True)
+        self._finish(Phi, ridge, X, y, eval_set, "LinearTransferTheory.fit")
         return self
 
     def _source_kernel(self, XA, XB):
@@ -328,6 +382,9 @@ class LinearTransferTheory(LinearTheory):
         XA = self._check_X(XA, "XA")
         same = XB is None
         XB = XA if same else self._check_X(XB, "XB")
+        return self._kernel(XA, XB, same)
+
+    def _kernel(self, XA, XB, same):
         gA = self._K(XA, self.X_) @ self._vp
         gB = gA if same else self._K(XB, self.X_) @ self._vp
         P1A = self._source_kernel(XA, self.X_) @ self._vp
@@ -348,5 +405,5 @@ class LinearTransferTheory(LinearTheory):
         Pi = np.eye(D) + self.b_ * np.outer(u, u)
         return self.s2c_ * Pi + self.m2_ * Pi @ S1 @ Pi
 
-    def transfer(self, *args, **kwargs):
+    def _transfer(self, *args, **kwargs):
         raise NotImplementedError("chained transfer (a target used as a new source) is not supported")

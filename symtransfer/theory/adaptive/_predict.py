@@ -1,0 +1,181 @@
+"""Prediction, kernels, observables and Monte Carlo error bars shared by the one-task and the
+transfer model (docs/theory.md, eqs. (2.5), (3.3); docs/adaptive.md, eq. (A.4))."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..._validation import check_inputs, check_Xy
+from ._linalg import _group_sums, _matmul, _one_blas_thread, _wsum
+from ._samples import _batch_stderr, _batch_weight_matrix
+
+
+class _AdaptiveBase:
+    """Prediction, kernels and observables shared by the one-task and the transfer model."""
+
+    def _check_fitted(self):
+        if not hasattr(self, "Phi_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted yet: call fit(X, y) first")
+
+    def _check_X(self, X, name="X"):
+        self._check_fitted()
+        return check_inputs(X, name, self.X_.shape[1])
+
+    @_one_blas_thread
+    def kernel(self, XA, XB=None):
+        """Adapted kernel ``Phi(x, x')`` between the rows of ``XA`` and ``XB`` (eq. (2.5), (3.3)).
+
+        Inputs outside the span of the training inputs enter through their Gaussian conditional
+        (Gauss-Hermite quadrature); ``kernel(X_train)`` equals ``Phi_``.
+        """
+        XA = self._check_X(XA, "XA")
+        XB = XA if XB is None else self._check_X(XB, "XB")
+        if self._exact is not None:
+            return self._exact.kernel(XA, XB)
+        if self._rep is None:
+            return self._lazy_kernel(XA, XB)
+        return self._rep.kernel(XA, XB) + self._cond_kernel(XA, XB)
+
+    def _lazy_kernel(self, XA, XB):
+        s2 = self.s2_
+        kAB = XA @ XB.T / XA.shape[1]
+        dA = np.sum(XA * XA, axis=1)[:, None] / XA.shape[1]
+        dB = np.sum(XB * XB, axis=1)[None, :] / XB.shape[1]
+        # keep the correlation inside [-1, 1] against round-off
+        lim = np.sqrt(dA * dB)
+        kAB = np.clip(kAB, -lim, lim)
+        return np.asarray(self.activation_.dual_kernel(s2 * dA, s2 * kAB, s2 * dB), dtype=np.float64)
+
+    def _cross(self, X):
+        """``Phi(x, X_train)`` and, when sampled, the conditional features ``F``."""
+        if self._rep is None:
+            return self._lazy_kernel(X, self.X_), None
+        F = self._rep.features(X)
+        return (_wsum(F, self._rep.weff, self._psi) + self._rep.qkernel(X, self.X_)
+                + self._cond_kernel(X, self.X_)), F
+
+    @_one_blas_thread
+    def predict(self, X, return_std=False):
+        """Mean predictor ``Phi(x, X)(Phi + lambda I)^-1 y`` (eq. (2.5), (3.3)).
+
+        Parameters
+        ----------
+        X : array (n, D)
+        return_std : bool
+            Also return the Monte Carlo standard error of each prediction (delta method through the
+            fixed point, docs/adaptive.md, eq. (A.4)); zeros for the exact and lazy solutions.
+        """
+        X = self._check_X(X)
+        if self._exact is not None:
+            f = self._exact.predict(X)
+            return (f, np.zeros_like(f)) if return_std else f
+        k, F = self._cross(X)
+        f = k @ self.v_
+        if not return_std:
+            return f
+        if F is None:
+            return f, np.zeros_like(f)
+        return f, self._predict_std(F, k, X)
+
+    def _predict_std(self, F, k, X):
+        rep, psi, v, c = self._rep, self._psi, self.v_, self._c
+        w, weff, s = rep.w, rep.weff, psi @ v
+        G = self._n_groups
+        B = rep.n_batches
+        Fs = np.multiply(F, s[:, None], out=F)   # F is not needed again: no second copy of its size
+        kv = weff @ Fs                                  # k(x).v without the constant E_q part
+        Phiv = psi.T @ (weff * s)
+        # derivative of f(x; v) = k(x; v).v with respect to v, eq. (A.4)
+        J = k.copy()
+        if c > 0.0:
+            FG, MG = _group_sums(w, Fs, G), _group_sums(w * s, psi, G)
+            J = J + 2.0 * c * (_wsum(Fs, w * s, psi) - G * FG.T @ MG)
+        Hinv = np.linalg.inv(self._H)
+        if self._kkt is not None:
+            # at the edge v moves only along the active slabs (A dv = 0) and the noise goes into the
+            # multipliers, i.e. into the condensate part sum_j mu_j sigma_j phi_inf(h_j(x)) of f (A.6)
+            A = self._kkt
+            HA = Hinv @ A.T
+            Sinv = np.linalg.pinv(A @ HA)
+            Fc = self._cond_features(X) * np.sign(self._cond_features(self.X_).T @ v)[None, :]
+        # every batch's own estimate at once: rows of Wb are the batches' weights
+        Wb = _batch_weight_matrix(w, rep.u, rep.batch, B)
+        dkv = _matmul(Wb, Fs) - kv
+        U = (_matmul(Wb * s, psi) - Phiv) @ Hinv.T
+        if self._kkt is None:
+            dev = dkv - U @ J.T
+        else:
+            dmu = -(U @ A.T) @ Sinv.T
+            dev = dkv - (U + dmu @ HA.T) @ J.T + dmu @ Fc.T
+        return np.sqrt(np.sum(dev**2, axis=0) / (B * (B - 1)))
+
+    def test_error(self, X, y):
+        """Mean squared error ``mean (f(x) - y)^2`` on held-out data (section 5)."""
+        X, y = check_Xy(X, y)
+        return float(np.mean((self.predict(X) - y) ** 2))
+
+    def score(self, X, y):
+        """Coefficient of determination ``R^2`` of :meth:`predict` (scikit-learn convention)."""
+        X, y = check_Xy(X, y)
+        f = self.predict(X)
+        ss = float(np.sum((y - y.mean()) ** 2))
+        return 1.0 - float(np.sum((y - f) ** 2)) / ss if ss > 0 else float("nan")
+
+    def alignment(self, X, y):
+        """Kernel-task alignment ``A = y^T Phi y / (||Phi||_F ||y||^2)`` on ``(X, y)`` (section 5)."""
+        X, y = check_Xy(X, y)
+        Phi = self.kernel(X)
+        return float(y @ Phi @ y / (np.linalg.norm(Phi) * (y @ y)))
+
+    def _set_no_solver(self):
+        self.converged_, self.n_iter_, self.n_draws_ = True, 0, 0
+        self.residuals_ = [0.0]
+        self.residual_ = 0.0
+
+    def _set_exact_diagnostics(self):
+        self.Phi_stderr_ = np.zeros_like(self.Phi_)
+        self.mc_error_ = 0.0
+        self._set_no_solver()
+
+    def _set_condensate(self, cond, V, slopes):
+        """Store the condensate ``(E, rho)`` of :func:`_newton_edge` (directions in the coordinates of
+        ``V``) and add its kernel to ``Phi_`` (docs/adaptive.md, eq. (A.6))."""
+        if cond is None:
+            self._cond, self._kkt, self.condensate_weights_ = None, None, np.zeros(0)
+            return
+        E, rho = cond
+        self._cond = (np.ascontiguousarray(E @ V.T), rho, slopes)
+        self.condensate_weights_ = rho
+        Fc = self._cond_features(self.X_)
+        self.Phi_ = self.Phi_ + (Fc * rho) @ Fc.T
+        self._kkt = (Fc * np.sign(Fc.T @ self.v_)[None, :]).T   # active slabs sigma_j a_j, rows
+
+    def _cond_features(self, X, cond=None):
+        """``phi_inf(h_j(x))`` of the condensate directions (own, or ``cond``): those weights are
+        infinitely long, so only the asymptotic slopes of ``phi`` and the part of ``x`` in the
+        training span matter."""
+        W, _, (ap, am) = self._cond if cond is None else cond
+        H = X @ W.T / math.sqrt(X.shape[1])
+        return H * np.where(H > 0.0, ap, am)
+
+    def _cond_kernel(self, XA, XB):
+        """Kernel of the own condensate and of the source's (transfer, eqs. (A.6), (A.7))."""
+        out = 0.0
+        for cond in (self._cond, getattr(self, "_cond_src", None)):
+            if cond is not None:
+                FA = self._cond_features(XA, cond)
+                FB = FA if XB is XA else self._cond_features(XB, cond)
+                out = out + (FA * cond[1]) @ FB.T
+        return out
+
+    def _set_from_samples(self, rep, psi, Phi, v, H, c, n_groups):
+        self._rep, self._psi, self._H, self._c, self._n_groups = rep, psi, H, c, n_groups
+        self.Phi_ = 0.5 * (Phi + Phi.T)
+        self.v_ = v
+        self.Phi_stderr_ = _batch_stderr(psi, rep.w, rep.u, rep.batch, rep.n_batches)
+        norm = float(np.linalg.norm(self.Phi_))
+        err = float(np.linalg.norm(self.Phi_stderr_))
+        # a kernel that vanishes identically (phi = 0) is known exactly: no relative error to report
+        self.mc_error_ = err / norm if norm > 0.0 else (0.0 if err == 0.0 else math.inf)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ._rng import GOLDEN, mix64
 from ._validation import check_inputs, check_int, check_real, check_Xy
 from .activations import get_activation
+from .base import TransferEstimator
 from .errors import DivergenceError, StepTooLargeError
 
 __all__ = ["WideNetwork"]
@@ -339,8 +340,13 @@ class _BatchStream:
         return np.ascontiguousarray(flat[:need].reshape(n_steps, self.B))
 
 
-class WideNetwork:
+class WideNetwork(TransferEstimator):
     """Two-layer mean-field network of finite width trained by Langevin dynamics (eqs. 1.2-1.4).
+
+    Regime ``"dynamics"`` (docs/estimators.md): ``weight_decay >= 0``, ``temperature >= 0`` with the
+    default ``temperature=0`` (gradient descent; the equilibrium theories default to ``T = 1``, so
+    set ``temperature`` explicitly when comparing with them). :meth:`transfer` with
+    ``coupling=inf`` (or ``readout_only=True``) fine-tunes the readout on the frozen hidden weights.
 
     Parameters
     ----------
@@ -353,7 +359,7 @@ class WideNetwork:
     weight_decay : float, >= 0
         ``lambda`` on every weight.
     temperature : float, >= 0
-        ``T``; ``0`` is (stochastic) gradient descent.
+        ``T``; ``0`` (default) is (stochastic) gradient descent.
     lr : float, > 0, optional
         Euler-Maruyama step ``dt``. ``None`` picks ``0.5/(lambda + delta + tr NTK_init)``, stable
         for the initial network (``tr NTK`` bounds its largest eigenvalue).
@@ -383,13 +389,20 @@ class WideNetwork:
         Hidden weights after training.
     a_ : ndarray (N,)
         Readout weights after training.
+    Phi_ : ndarray (P, P)
+        Feature kernel ``phi(h)^T phi(h) / N`` of the final hidden weights on the training inputs.
     history_ : dict of ndarray
-        ``"step"``, ``"time"`` (``step * lr``), ``"train_loss"`` and, with ``eval_set``,
-        ``"test_loss"``; losses are mean squared errors over the full sets.
+        ``"time"`` (``step * lr``), ``"train_loss"``, ``"test_loss"`` (empty without ``eval_set``) and
+        ``"step"``; losses are mean squared errors over the full sets.
     lr_ : float
         Step size used.
+    n_features_in_ : int
     n_iter_ : int
         Steps completed.
+    converged_ : bool
+        ``True`` once all ``steps`` ran (there is no convergence criterion: the run has a fixed length).
+    coupling_ : float
+        ``delta`` of the run: ``0`` after :meth:`fit`, ``inf`` for readout fine-tuning.
 
     Notes
     -----
@@ -416,13 +429,13 @@ class WideNetwork:
         self.seed = seed
         self.progress = progress
 
+    _regime = "dynamics"
+
     # ------------------------------------------------------------------ validation
     def _validated(self):
         p = {
             "width": check_int("width", self.width, low=1),
-            "gamma": check_real("gamma", self.gamma, low=0.0, low_open=True),
-            "weight_decay": check_real("weight_decay", self.weight_decay, low=0.0),
-            "temperature": check_real("temperature", self.temperature, low=0.0),
+            **self._check_hyper(),
             "steps": check_int("steps", self.steps, low=1),
             "init_scale": check_real("init_scale", self.init_scale, low=0.0, low_open=True),
             "max_snapshots": check_int("max_snapshots", self.max_snapshots, low=1),
@@ -442,12 +455,6 @@ class WideNetwork:
         p["progress"] = self.progress
         p["activation"] = get_activation(self.activation)
         return p
-
-    def get_params(self) -> dict:
-        """Constructor parameters (scikit-learn convention)."""
-        names = ("width", "activation", "gamma", "weight_decay", "temperature", "lr", "steps", "batch_size",
-                 "init_scale", "average_from", "max_snapshots", "log_every", "seed", "progress")
-        return {k: getattr(self, k) for k in names}
 
     # ------------------------------------------------------------------ training
     def fit(self, X, y, eval_set=None):
@@ -470,28 +477,38 @@ class WideNetwork:
         self.readout_only_ = False
         return self._train(p, X, y, W, a, None, eval_set, readout_only=False, delta=0.0)
 
-    def transfer(self, X2, y2, *, gamma=None, weight_decay=None, temperature=None, coupling=None,
-                 readout_only=False, lr=None, steps=None, batch_size=None, average_from=None, seed=None,
-                 eval_set=None) -> "WideNetwork":
+    def transfer(self, X2, y2, *, coupling=0.0, gamma=None, weight_decay=None, temperature=None,
+                 readout_only=None, eval_set=None, lr=None, steps=None, batch_size=None, average_from=None,
+                 seed=None) -> "WideNetwork":
         """A new network trained on the target, starting from (and pulled towards) these hidden weights.
 
         The hidden weights start at this network's ``W_``, which is also the reference ``W_ref`` of
         the elastic coupling (eq. 1.3); the readout is freshly initialised. Settings left ``None``
-        are taken from this (source) network; the new seed defaults to ``seed + 1``.
+        are taken from this (source) network; the new seed defaults to ``seed + 1``. This network is
+        left untouched.
 
         Parameters
         ----------
-        coupling : float, >= 0
-            ``delta``. Required unless ``readout_only=True``.
-        readout_only : bool
-            Freeze the hidden weights: fine-tuning the readout on source features (``delta -> inf``).
+        coupling : float, >= 0 or inf
+            ``delta`` (default ``0``: the source weights only initialise the target). ``inf`` freezes
+            the hidden weights: fine-tuning the readout on source features.
+        readout_only : bool, optional
+            Synonym of ``coupling=inf`` (a finite non-zero ``coupling`` with it is a ``ValueError``).
+        gamma, weight_decay, temperature, lr, steps, batch_size, average_from, seed : optional
+            Target settings (default: the source's; ``seed + 1`` for the seed).
+        eval_set : tuple (X_test, y_test), optional
+            Held-out target data logged in ``history_["test_loss"]``.
         """
-        self._check_fitted()
-        if not readout_only and coupling is None:
-            raise ValueError("coupling is required (>= 0) unless readout_only=True")
-        delta = 0.0 if readout_only else check_real("coupling", coupling, low=0.0)
+        return super().transfer(X2, y2, coupling=coupling, gamma=gamma, weight_decay=weight_decay,
+                                temperature=temperature, readout_only=readout_only, eval_set=eval_set, lr=lr,
+                                steps=steps, batch_size=batch_size, average_from=average_from, seed=seed)
+
+    def _transfer(self, X2, y2, *, coupling, gamma, weight_decay, temperature, eval_set=None, lr=None,
+                  steps=None, batch_size=None, average_from=None, seed=None) -> "WideNetwork":
+        readout_only = math.isinf(coupling)
+        delta = 0.0 if readout_only else coupling  # the frozen run has no pull term
         X2, y2 = check_Xy(X2, y2, "X2", "y2", n_features=self.W_.shape[1])
-        params = self.get_params()
+        params = self.get_params(deep=False)
         overrides = {"gamma": gamma, "weight_decay": weight_decay, "temperature": temperature, "lr": lr,
                      "steps": steps, "batch_size": batch_size, "average_from": average_from}
         for k, v in overrides.items():
@@ -504,8 +521,8 @@ class WideNetwork:
         tp = target._validated()
         rng = np.random.default_rng(np.random.SeedSequence([tp["seed"], 1]))
         a = tp["init_scale"] * rng.standard_normal(tp["width"])
-        target.coupling_ = delta
-        target.readout_only_ = bool(readout_only)
+        target.coupling_ = coupling
+        target.readout_only_ = readout_only
         return target._train(tp, X2, y2, self.W_.copy(), a, self.W_.copy(), eval_set,
                              readout_only=bool(readout_only), delta=delta)
 
@@ -546,10 +563,9 @@ class WideNetwork:
         return theta
 
     def _train(self, p, X, y, W, a, Wref, eval_set, *, readout_only, delta):
+        self.__dict__.pop("Phi_", None)  # fitted again only once this run has finished or paused
         if eval_set is not None:
-            if not (isinstance(eval_set, (tuple, list)) and len(eval_set) == 2):
-                raise ValueError("eval_set must be a tuple (X_test, y_test)")
-            Xe, ye = check_Xy(eval_set[0], eval_set[1], "eval_set X", "eval_set y", n_features=X.shape[1])
+            Xe, ye = self._check_eval_set(eval_set, X.shape[1])
         P, D = X.shape
         N = p["width"]
         B = P if p["batch_size"] is None else p["batch_size"]
@@ -634,9 +650,8 @@ class WideNetwork:
             def eval_mse():
                 return self._mse(Xe, ye, W, a, gamma, act)
 
-        hist = {"step": [0], "time": [0.0], "train_loss": [train_mse()]}
-        if eval_set is not None:
-            hist["test_loss"] = [eval_mse()]
+        hist = {"step": [0], "time": [0.0], "train_loss": [train_mse()],
+                "test_loss": [] if eval_set is None else [eval_mse()]}
         if readout_only:
             def advance(idx, done):
                 return _run_readout(F_all, y, a, idx, done, lr, gamma, lam, T, scale, noise_seed, partial, r)
@@ -658,7 +673,7 @@ class WideNetwork:
         self.W_, self.a_ = W, a
         self.snapshots_ = []
         self.n_iter_ = 0
-        self._pending = dict(events=events, snap_set=snap_set, log_every=log_every, steps=steps, hist=hist,
+        self._pending = dict(X=X, events=events, snap_set=snap_set, log_every=log_every, steps=steps, hist=hist,
                              advance=advance, log_now=log_now, batches=batches, work=N * B * (1 if readout_only else D),
                              progress=p["progress"])
         return self._continue()
@@ -705,7 +720,11 @@ class WideNetwork:
                 signal.signal(signal.SIGINT, previous_handler)
             if bar is not None:
                 bar.close()
-            self.history_ = {k: np.asarray(v) for k, v in run["hist"].items()}
+            self.history_ = {k: np.asarray(v, dtype=np.int64 if k == "step" else np.float64)
+                             for k, v in run["hist"].items()}
+        # reached only when no step diverged: the state, finished or paused, is a network
+        self.converged_ = self.n_iter_ == steps
+        self.Phi_ = self._feature_kernel(run["X"], None)
         if interrupted and self.n_iter_ < steps:
             raise KeyboardInterrupt(
                 f"WideNetwork interrupted at step {self.n_iter_} of {steps}; the state so far is kept: "
@@ -736,10 +755,6 @@ class WideNetwork:
             return float(np.mean((f - y) ** 2))
 
     # ------------------------------------------------------------------ inference
-    def _check_fitted(self):
-        if not hasattr(self, "W_"):
-            raise RuntimeError("WideNetwork is not fitted yet: call fit(X, y) first")
-
     def predict(self, X, average=None) -> np.ndarray:
         """Network output on ``X``.
 
@@ -767,14 +782,19 @@ class WideNetwork:
         """Feature kernel ``phi(h(XA))^T phi(h(XB)) / N`` of the current hidden weights."""
         self._check_fitted()
         XA = check_inputs(XA, "XA", self.n_features_in_)
+        XB = None if XB is None else check_inputs(XB, "XB", self.n_features_in_)
+        return self._feature_kernel(XA, XB)
+
+    def _feature_kernel(self, XA, XB):
         phi = self.activation_.compile().phi
         FA = _features(XA, self.W_, phi)
         if XB is None:
             return FA.T @ FA / self.W_.shape[0]
-        XB = check_inputs(XB, "XB", self.n_features_in_)
         return FA.T @ _features(XB, self.W_, phi) / self.W_.shape[0]
 
-    def test_error(self, X, y) -> float:
-        """Mean squared error of :meth:`predict` on ``(X, y)``."""
-        X, y = check_Xy(X, y)
-        return float(np.mean((self.predict(X) - y) ** 2))
+    def features(self, X) -> np.ndarray:
+        """Hidden preactivations ``h = W x / sqrt(D)`` of the current weights on ``X``, shape ``(N, n)``
+        (the same layout as :meth:`symtransfer.theory.dmft.GradientFlowDMFT.features`)."""
+        self._check_fitted()
+        X = check_inputs(X, "X", self.n_features_in_)
+        return self.W_ @ X.T / math.sqrt(X.shape[1])

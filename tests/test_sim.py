@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn.exceptions import NotFittedError
 
 from symtransfer import Activation, DivergenceError
 from symtransfer._reference import langevin_step_numpy
@@ -210,11 +211,11 @@ def test_bad_input_names_the_parameter():
     net.fit(X, y)
     with pytest.raises(ValueError, match="coupling"):
         net.transfer(X, y, coupling=-1.0)
-    with pytest.raises(ValueError, match="coupling"):
-        net.transfer(X, y)
+    with pytest.raises(ValueError, match="readout_only=True.*contradicts coupling=1.0"):
+        net.transfer(X, y, coupling=1.0, readout_only=True)  # coupling now defaults to 0
     with pytest.raises(ValueError, match="features"):
         net.predict(X[:, :2])
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         WideNetwork(10).predict(X)
 
 

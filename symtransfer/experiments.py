@@ -3,11 +3,16 @@
 :func:`compare_transfer` trains a source model and, on the target task, the three settings of
 docs/theory.md section 3 -- training from scratch (the baseline), fine-tuning the readout on the
 source features (``coupling = inf``) and jointly rich training at each finite coupling -- with one of
-three methods that compute the same quantities:
+three methods that compute the same quantities of the same model (the width-N network of section 1
+at ``(gamma, lambda, T)``, default ``1, 1, 1`` for every method):
 
-* ``"equilibrium"``: the adaptive-kernel theory (sections 2-3; exact for linear ``phi``);
-* ``"gradient_flow"``: the DMFT population (section 4);
-* ``"simulation"``: finite-width networks (section 1).
+* ``"equilibrium"``: the adaptive-kernel theory (sections 2-3; exact for linear ``phi``), the
+  ``N -> inf`` stationary state of Langevin training (``T > 0``);
+* ``"gradient_flow"``: the DMFT population (section 4), the ``N -> inf`` dynamics at any ``T``
+  (gradient flow at ``T = 0``);
+* ``"simulation"``: finite-width networks (section 1), Langevin at ``T > 0``, gradient descent at ``T = 0``.
+
+The settings are run by :mod:`symtransfer.protocol` (one implementation, one seed convention).
 
 It returns a :class:`TransferTable` with one row per setting: target test error (mean over seeds and
 its standard error where the method is stochastic), transfer gain (scratch error minus the row's
@@ -25,11 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ._config import load_config
-from ._validation import check_int, check_output_file, check_real, check_Xy
+from ._validation import check_int, check_real, check_Xy
 from .activations import get_activation
+from .base import kernel_alignment
+from .protocol import run_protocols
 
-__all__ = ["TransferTable", "compare_transfer", "compare_cli", "kernel_alignment", "METHODS"]
+__all__ = ["TransferTable", "compare_transfer", "kernel_alignment", "METHODS"]
 
 METHODS = ("equilibrium", "gradient_flow", "simulation")
 
@@ -44,27 +50,6 @@ _DEFAULTS = {
     "equilibrium": {},
 }
 _HYPER = ("gamma", "weight_decay", "temperature")
-
-
-def kernel_alignment(Phi, y) -> float:
-    """Kernel-task alignment ``A = y^T Phi y / (||Phi||_F ||y||^2)`` (docs/theory.md section 5)."""
-    from ._validation import _real_array
-
-    Phi = _real_array(Phi, "Phi")
-    y = _real_array(y, "y").reshape(-1)
-    if Phi.ndim != 2 or Phi.shape != (y.size, y.size):
-        raise ValueError(f"Phi must be a square matrix of size len(y) = {y.size}, got shape {Phi.shape}")
-    if not np.all(np.isfinite(Phi)):
-        raise ValueError("Phi contains non-finite values (nan or inf): the alignment is undefined")
-    if not np.all(np.isfinite(y)):
-        raise ValueError("y contains non-finite values (nan or inf)")
-    # A is scale-free in Phi and y: normalising first keeps ||Phi||_F and y^T y from overflowing
-    # (a kernel of entries 1e300 would otherwise give A = 0)
-    ps, ys = float(np.max(np.abs(Phi))), float(np.max(np.abs(y)))
-    if ps == 0.0 or ys == 0.0:
-        raise ValueError("alignment is undefined for a zero kernel or zero targets")
-    Phi, y = Phi / ps, y / ys
-    return float(y @ Phi @ y / (np.linalg.norm(Phi) * float(y @ y)))
 
 
 @dataclass
@@ -158,9 +143,10 @@ def _merge_settings(settings, method):
                 raise ValueError(f"settings[{m!r}] has unknown keys {sorted(bad)}; accepted: "
                                  f"{', '.join(sorted(_method_options(m)))}")
         s[m].update(given)
-    default_T = 1.0 if method == "equilibrium" else 0.0
     for task in ("source", "target"):
-        hp = {"gamma": 1.0, "weight_decay": 1.0, "temperature": default_T}
+        # one default model for every method (docs/experiments.md): the three methods compute the
+        # same network, so their defaults must agree; T = 1 because the equilibrium theory needs T > 0
+        hp = {"gamma": 1.0, "weight_decay": 1.0, "temperature": 1.0}
         given = settings.get(task, {}) or {}
         if not isinstance(given, dict):
             raise ValueError(f"settings[{task!r}] must be a dict of {', '.join(_HYPER)}, got {given!r}")
@@ -186,45 +172,40 @@ def _merge_settings(settings, method):
 
 
 # --------------------------------------------------------------------------- one seed, each method
+# Each runner builds the method's template estimator and runs the one protocol implementation,
+# symtransfer.protocol.run_protocols (its seed convention: source seed, transfers seed + 1, scratch
+# seed + 7919).
+def _keys(s):
+    return ["scratch", "finetune"] + [("joint", c) for c in s["couplings"]]
+
+
 def _run_equilibrium(s, data, seed):
     X1, y1, X2, y2, Xt, yt = data
     act = s["activation"]
-    src_hp, tgt_hp = s["source"], s["target"]
     if act.name == "linear":
         from .theory.linear import LinearTheory
 
-        def make(hp):
-            return LinearTheory(**hp)
+        model = LinearTheory(**s["source"])
     else:
-        try:
-            from .theory.adaptive import AdaptiveKernel
-        except ImportError as exc:  # pragma: no cover - depends on the installed modules
-            raise ImportError("method='equilibrium' for nonlinear activations needs symtransfer's "
-                              "AdaptiveKernel") from exc
+        from .theory.adaptive import AdaptiveKernel
 
-        def make(hp):
-            return AdaptiveKernel(act, seed=seed, **hp, **s["equilibrium"])
-    src = make(src_hp).fit(X1, y1)
-    out = {"scratch": make(tgt_hp).fit(X2, y2), "finetune": src.transfer(X2, y2, coupling=math.inf, **tgt_hp)}
-    for c in s["couplings"]:
-        out[("joint", c)] = src.transfer(X2, y2, coupling=c, **tgt_hp)
-    return {k: (float(np.mean((m.predict(Xt) - yt) ** 2)), kernel_alignment(m.Phi_, y2)) for k, m in out.items()}
+        model = AdaptiveKernel(act, seed=seed, **s["source"], **s["equilibrium"])
+    out = run_protocols(model, (X1, y1), (X2, y2), couplings=s["couplings"], target_params=s["target"], seed=seed)
+    return {k: (float(np.mean((out[k].predict(Xt) - yt) ** 2)), kernel_alignment(out[k].Phi_, y2))
+            for k in _keys(s)}
 
 
 def _run_gradient_flow(s, data, seed):
     from .theory.dmft import GradientFlowDMFT
 
     X1, y1, X2, y2, Xt, yt = data
-    gf = s["gradient_flow"]
-    common = dict(population=gf["population"], dt=gf["dt"], t_max=gf["t_max"],
-                  **{k: v for k, v in gf.items() if k not in ("population", "dt", "t_max")})
-    src = GradientFlowDMFT(s["activation"], seed=seed, **s["source"], **common).fit(X1, y1, np.vstack([X2, Xt]))
-    # a seed stream disjoint from the source's (seeds are small integers in practice)
-    scratch = GradientFlowDMFT(s["activation"], seed=seed + 7919, **s["target"], **common).fit(X2, y2, Xt)
-    out = {"scratch": scratch, "finetune": src.transfer(X2, y2, Xt, readout_only=True, **s["target"])}
-    for c in s["couplings"]:
-        out[("joint", c)] = src.transfer(X2, y2, Xt, coupling=c, **s["target"])
-    return {k: (m.test_error(Xt, yt), kernel_alignment(m.Phi_, y2)) for k, m in out.items()}
+    model = GradientFlowDMFT(s["activation"], seed=seed, **s["source"], **s["gradient_flow"])
+    # the population predicts on the inputs it tracks: the source tracks the target's, each target
+    # model the test inputs
+    out = run_protocols(model, (X1, y1), (X2, y2), couplings=s["couplings"], target_params=s["target"], seed=seed,
+                        source_fit_params={"X_eval": np.vstack([X2, Xt])}, scratch_fit_params={"X_eval": Xt},
+                        transfer_params={"X2_eval": Xt})
+    return {k: (out[k].test_error(Xt, yt), kernel_alignment(out[k].Phi_, y2)) for k in _keys(s)}
 
 
 def _run_simulation(s, data, seed):
@@ -233,13 +214,9 @@ def _run_simulation(s, data, seed):
     X1, y1, X2, y2, Xt, yt = data
     sim = dict(s["simulation"])
     width = sim.pop("width")
-    common = dict(progress=False, **sim)
-    src = WideNetwork(width, s["activation"], seed=seed, **s["source"], **common).fit(X1, y1)
-    scratch = WideNetwork(width, s["activation"], seed=seed + 7919, **s["target"], **common).fit(X2, y2)
-    out = {"scratch": scratch, "finetune": src.transfer(X2, y2, readout_only=True, **s["target"])}
-    for c in s["couplings"]:
-        out[("joint", c)] = src.transfer(X2, y2, coupling=c, **s["target"])
-    return {k: (m.test_error(Xt, yt), kernel_alignment(m.kernel(X2), y2)) for k, m in out.items()}
+    model = WideNetwork(width, s["activation"], seed=seed, **s["source"], progress=False, **sim)
+    out = run_protocols(model, (X1, y1), (X2, y2), couplings=s["couplings"], target_params=s["target"], seed=seed)
+    return {k: (out[k].test_error(Xt, yt), kernel_alignment(out[k].kernel(X2), y2)) for k in _keys(s)}
 
 
 _RUNNERS = {"equilibrium": _run_equilibrium, "gradient_flow": _run_gradient_flow, "simulation": _run_simulation}
@@ -263,7 +240,10 @@ def compare_transfer(source, target, test, settings=None, method="gradient_flow"
     settings : dict, optional
         ``activation`` (default ``"relu"``); ``couplings`` (list of ``delta`` > 0 for the jointly rich
         rows, default ``[1.0]``); ``source`` and ``target``: dicts of ``gamma``, ``weight_decay``,
-        ``temperature`` (defaults ``1, 1`` and ``T = 1`` for ``"equilibrium"``, ``T = 0`` otherwise);
+        ``temperature`` (defaults ``gamma = lambda = T = 1`` for every method, so that the three
+        methods compute the same model: the equilibrium theory is paired with Langevin networks and
+        the Langevin population at the settings' temperature; gradient flow is ``temperature = 0``,
+        set explicitly for ``"gradient_flow"`` and ``"simulation"``);
         per-method options: ``gradient_flow`` (``population``, ``dt``, ``t_max``, any other
         :class:`~symtransfer.theory.dmft.GradientFlowDMFT` argument), ``simulation`` (``width``,
         ``lr``, ``steps``, ``average_from``, ... of :class:`~symtransfer.sim.WideNetwork`),
@@ -273,6 +253,9 @@ def compare_transfer(source, target, test, settings=None, method="gradient_flow"
         One run per seed; error bars are standard errors over seeds (zero for a deterministic
         method -- the linear equilibrium theory runs once -- and NaN for a single seed of a
         stochastic one).
+
+    The three settings are run by :func:`symtransfer.protocol.run_protocols` (its seed
+    convention: the source with the seed, transfers ``seed + 1``, scratch ``seed + 7919``).
 
     Returns
     -------
@@ -316,79 +299,3 @@ def compare_transfer(source, target, test, settings=None, method="gradient_flow"
                      "alignment": float(align.mean()), "alignment_sem": _sem(align, stochastic),
                      "n_seeds": len(runs)})
     return TransferTable(rows)
-
-
-# --------------------------------------------------------------------------- command line
-_TASK_KEYS = ("dim", "n_source", "n_target", "n_test", "alpha", "teacher", "target_teacher", "noise_source",
-              "noise_target", "seed", "clean_test")
-
-
-def _config_data(cfg, base: Path):
-    if ("task" in cfg) == ("data" in cfg):
-        raise ValueError("the config needs exactly one of [task] (a synthetic transfer pair) or "
-                         "[data] (an .npz file with X1, y1, X2, y2, X_test, y_test)")
-    if "data" in cfg:
-        from .datasets import _load_npz
-
-        d = cfg["data"]
-        if isinstance(d, dict):
-            extra = set(d) - {"path"}
-            if extra or "path" not in d:
-                raise ValueError(f"[data] takes one key, path (an .npz file); got keys {sorted(d)}")
-            d = d["path"]
-        if not isinstance(d, str):
-            raise ValueError(f"[data] path must be a file name, got {d!r}")
-        p = Path(d).expanduser()
-        p = p if p.is_absolute() else base / p
-        if p.is_dir():
-            raise ValueError(f"data file {str(p)!r} is a folder")
-        z = _load_npz(p, ("X1", "y1", "X2", "y2", "X_test", "y_test"))
-        return (z["X1"], z["y1"]), (z["X2"], z["y2"]), (z["X_test"], z["y_test"])
-    from .tasks import make_transfer_pair
-
-    if not isinstance(cfg["task"], dict):
-        raise ValueError(f"[task] must be a table of make_transfer_pair arguments, got {cfg['task']!r}")
-    t = dict(cfg["task"])
-    bad = set(t) - set(_TASK_KEYS)
-    if bad:
-        raise ValueError(f"[task] has unknown keys {sorted(bad)}; accepted: {', '.join(_TASK_KEYS)}")
-    missing = [k for k in ("dim", "n_source", "n_target", "n_test", "alpha") if k not in t]
-    if missing:
-        raise ValueError(f"[task] needs {', '.join(missing)} (arguments of make_transfer_pair)")
-    clean = t.pop("clean_test", True)
-    if not isinstance(clean, bool):
-        raise ValueError(f"[task] clean_test must be true or false, got {clean!r}")
-    pair = make_transfer_pair(**t)
-    yt = pair.target.y_test_clean if clean else pair.target.y_test
-    return ((pair.source.X_train, pair.source.y_train), (pair.target.X_train, pair.target.y_train),
-            (pair.target.X_test, yt))
-
-
-def compare_cli(config_path, out_path=None) -> TransferTable:
-    """``symtransfer compare --config FILE [--out CSV]``: run :func:`compare_transfer` from a config.
-
-    The config (TOML, or JSON by extension) has top-level ``method`` and ``seeds``, a ``[settings]``
-    table as in :func:`compare_transfer`, and either ``[task]`` -- the arguments of
-    :func:`symtransfer.tasks.make_transfer_pair` (``dim``, ``n_source``, ``n_target``, ``n_test``,
-    ``alpha``, ``teacher``, ``noise_source``, ``noise_target``, ``seed``; test error against the
-    noiseless teacher unless ``clean_test = false``) -- or ``[data] path = "file.npz"`` with arrays
-    ``X1, y1, X2, y2, X_test, y_test``. The table is printed; with ``out_path`` it is also written as
-    CSV.
-    """
-    cfg = load_config(config_path)
-    unknown = set(cfg) - {"method", "seeds", "settings", "task", "data"}
-    if unknown:
-        raise ValueError(f"config has unknown keys {sorted(unknown)}; accepted: method, seeds, settings, task, data")
-    if out_path is not None:
-        check_output_file(out_path, "--out")
-    method = cfg.get("method", "gradient_flow")
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    _merge_settings(cfg.get("settings"), method)  # every setting checked before any data is made
-    source, target, test = _config_data(cfg, Path(config_path).resolve().parent)
-    table = compare_transfer(source, target, test, settings=cfg.get("settings"),
-                             method=cfg.get("method", "gradient_flow"), seeds=cfg.get("seeds", [0]))
-    print(table)
-    if out_path is not None:
-        table.to_csv(out_path)
-    return table

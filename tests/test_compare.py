@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from symtransfer.experiments import TransferTable, compare_cli, compare_transfer, kernel_alignment
+from symtransfer.cli.compare import compare_cli
+from symtransfer.experiments import TransferTable, compare_transfer, kernel_alignment
 from symtransfer.tasks import make_transfer_pair
 from symtransfer.theory.linear import LinearTheory
 
@@ -71,8 +72,8 @@ def test_population_table_matches_simulation_table():
     """Gradient flow (T = 0, relu): the DMFT protocol and wide networks agree within the 1/sqrt(N)
     finite-width error (width 500: ~5% of the errors here)."""
     src, tgt, test = _pair(seed=1)
-    cfg = {"activation": "relu", "couplings": [1.0], "source": {"weight_decay": 0.5},
-           "target": {"weight_decay": 0.5}}
+    cfg = {"activation": "relu", "couplings": [1.0], "source": {"weight_decay": 0.5, "temperature": 0.0},
+           "target": {"weight_decay": 0.5, "temperature": 0.0}}
     gf = compare_transfer(src, tgt, test, method="gradient_flow",
                           settings={**cfg, "gradient_flow": {"population": 8000, "dt": 0.05, "t_max": 4.0}})
     sim = compare_transfer(src, tgt, test, method="simulation", seeds=[0, 1],
@@ -132,3 +133,25 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="features"):
         compare_transfer(src, (tgt[0][:, :5], tgt[1]), test)
     assert isinstance(TransferTable(), TransferTable) and len(TransferTable()) == 0
+
+
+def test_defaults_compare_one_model_equilibrium_and_simulation_agree():
+    """Issue 14: with default settings the three methods compute the same network, at ``gamma =
+    lambda = T = 1`` (the equilibrium theory needs T > 0). Before, the simulation defaulted to T = 0
+    (gradient descent) and the tanh fine-tuning error was 0.687 against the theory's 0.800 on these
+    data (width 1000). At one temperature, width 500 and 2048 theory samples, as here, the measured
+    relative gaps are +1.2 % (scratch), +2.4 % (finetune), -3.5 % (joint). Tolerance: 6 % -- finite
+    width (~1/sqrt(N)) plus the theory's Monte Carlo error. About 5 s after Numba compilation."""
+    from symtransfer.experiments import _merge_settings
+
+    for method in ("equilibrium", "gradient_flow", "simulation"):
+        s = _merge_settings(None, method)
+        assert s["source"] == s["target"] == {"gamma": 1.0, "weight_decay": 1.0, "temperature": 1.0}
+    src, tgt, test = _pair()
+    eq = compare_transfer(src, tgt, test, method="equilibrium",
+                          settings={"activation": "tanh", "equilibrium": {"n_samples": 2048}})
+    sim = compare_transfer(src, tgt, test, method="simulation",
+                           settings={"activation": "tanh", "simulation": {"width": 500}})
+    for r_eq, r_sim in zip(eq, sim):
+        assert r_eq["setting"] == r_sim["setting"]
+        assert abs(r_sim["test_error"] - r_eq["test_error"]) < 0.06 * r_eq["test_error"], (r_eq, r_sim)

@@ -31,11 +31,11 @@ import warnings
 import numba as nb
 import numpy as np
 from scipy.linalg import lapack
-from sklearn.exceptions import NotFittedError
 from threadpoolctl import ThreadpoolController
 
 from .._validation import check_inputs, check_int, check_real, check_targets
 from ..activations import get_activation
+from ..base import TransferEstimator
 from ..errors import ConvergenceWarning, DivergenceError
 
 __all__ = ["GradientFlowDMFT", "StepSizeError"]
@@ -423,8 +423,13 @@ def _best_on_curve(times, loss):
     return t_best, l_best
 
 
-class GradientFlowDMFT:
+class GradientFlowDMFT(TransferEstimator):
     """Population solver of the gradient-flow / Langevin DMFT (docs/theory.md section 4).
+
+    Regime ``"dynamics"`` (docs/estimators.md): ``weight_decay >= 0``, ``temperature >= 0`` with the
+    default ``temperature=0`` (gradient flow; the equilibrium theories default to ``T = 1``).
+    :meth:`predict` reaches any input at ``T = 0`` (eq. (4.7)); at ``T > 0`` (or with
+    ``average_from``) only the inputs tracked at fit time (``X``, ``X_eval``/``eval_set``).
 
     Cost: ``O(M P^2)`` per right-hand side (one ``(M, P) x (P, P)`` BLAS product) plus ``O(M P)``
     elementwise work, independent of the input dimension ``D``; records cost ``O(M Q^2)`` with ``Q``
@@ -441,7 +446,7 @@ class GradientFlowDMFT:
     weight_decay : float >= 0
         ``lambda``.
     temperature : float >= 0
-        ``T``; ``0`` is gradient flow.
+        ``T``; ``0`` (default) is gradient flow.
     population : int >= 1
         Number ``M`` of sampled neurons.
     dt : float > 0 or None
@@ -493,8 +498,8 @@ class GradientFlowDMFT:
     Attributes
     ----------
     history_ : dict of arrays
-        ``"time"``, ``"train_loss"``, ``"test_loss"`` (if ``y_eval`` was given; mean squared errors;
-        ``"eval_loss"`` is a deprecated alias), ``"step"`` (steps taken), ``"dt"`` (step in use),
+        ``"time"``, ``"train_loss"``, ``"test_loss"`` (mean squared errors; ``"test_loss"`` is empty
+        unless ``y_eval``/``eval_set`` was given; ``"eval_loss"`` is a deprecated alias), ``"step"`` (steps taken), ``"dt"`` (step in use),
         ``"phi_change"`` (relative change of ``Phi`` per unit time: the instantaneous rate from the
         right-hand side with the adaptive ``T = 0`` step, a difference quotient between records otherwise).
         After a lazy :meth:`transfer`, ``Phi_`` and ``ntk_`` are the tangent kernel ``Theta1`` and
@@ -551,12 +556,15 @@ class GradientFlowDMFT:
         self.record_spacing = record_spacing
         self.max_steps = max_steps
 
+    _regime = "dynamics"
+
     # ------------------------------------------------------------------------------ validation
     def _validated(self):
+        hyper = self._check_hyper()
         p = {
-            "gamma": check_real("gamma", self.gamma, low=0.0, low_open=True),
-            "lam": check_real("weight_decay", self.weight_decay, low=0.0),
-            "T": check_real("temperature", self.temperature, low=0.0),
+            "gamma": hyper["gamma"],
+            "lam": hyper["weight_decay"],
+            "T": hyper["temperature"],
             "M": check_int("population", self.population, low=1),
             "t_max": check_real("t_max", self.t_max, low=0.0, low_open=True),
             "delta": check_real("coupling", self.coupling, low=0.0, allow_inf=True),
@@ -589,7 +597,7 @@ class GradientFlowDMFT:
 
     # ------------------------------------------------------------------------------ fitting
     @_one_blas_thread
-    def fit(self, X, y, X_eval=None, *, y_eval=None, h0=None, a0=None, h_ref=None):
+    def fit(self, X, y, X_eval=None, *, y_eval=None, eval_set=None, h0=None, a0=None, h_ref=None):
         """Integrate the population dynamics on the training set ``(X, y)``.
 
         Parameters
@@ -603,6 +611,8 @@ class GradientFlowDMFT:
             input; needed for the curves ``"test_loss"`` and at ``T > 0``.
         y_eval : array (P_eval,), optional
             Targets on ``X_eval``, for the ``"test_loss"`` curve and ``best_time_``.
+        eval_set : tuple (X_test, y_test), optional
+            The common spelling (docs/estimators.md) of ``X_eval=X_test, y_eval=y_test``.
         h0 : array (M, P + P_eval), optional
             Initial preactivations on ``[X; X_eval]`` (e.g. those of a simulated network, to follow
             it neuron by neuron); overrides ``population`` with ``M = h0.shape[0]``. Default
@@ -622,6 +632,11 @@ class GradientFlowDMFT:
         X = check_inputs(X, "X")
         y = check_targets(y, X.shape[0], "y")
         D = X.shape[1]
+        if eval_set is not None:
+            if X_eval is not None or y_eval is not None:
+                raise ValueError("pass the test set either as eval_set=(X_test, y_test) or as X_eval/y_eval, "
+                                 "not both")
+            X_eval, y_eval = self._check_eval_set(eval_set, D)
         if X_eval is None:
             Xe = np.empty((0, D))
         else:
@@ -748,9 +763,7 @@ class GradientFlowDMFT:
                 out += Nperp @ Lperp.T
             return out
 
-        hist = {"step": [], "time": [], "dt": [], "train_loss": [], "phi_change": []}
-        if ye is not None:
-            hist["test_loss"] = []
+        hist = {"step": [], "time": [], "dt": [], "train_loss": [], "phi_change": [], "test_loss": []}
         Phi_t, G_t = [], []
         y2 = max(float(np.mean(y * y)), 1e-300)
         avg = {"n": 0, "f": np.zeros(Q), "Phi": np.zeros((Q, Q))}
@@ -829,8 +842,8 @@ class GradientFlowDMFT:
         self.t_end_ = state["t"]
         self.history_ = {key: np.asarray(v, dtype=np.float64 if key != "step" else np.int64)
                          for key, v in hist.items()}
-        if "test_loss" in self.history_:
-            self.history_["eval_loss"] = self.history_["test_loss"]  # deprecated alias
+        self.history_["eval_loss"] = self.history_["test_loss"]  # deprecated alias
+        if ye is not None:
             self.best_time_, self.best_test_loss_ = _best_on_curve(self.history_["time"], self.history_["test_loss"])
         self.Phi_t_ = np.asarray(Phi_t)
         self.G_t_ = np.asarray(G_t)
@@ -1085,10 +1098,6 @@ class GradientFlowDMFT:
         return lam
 
     # ------------------------------------------------------------------------------ any input (4.7)
-    def _check_fitted(self):
-        if not hasattr(self, "_f_all") and not hasattr(self, "_lazy"):
-            raise NotFittedError("this GradientFlowDMFT is not fitted yet: call fit (or transfer) first")
-
     def _lookup(self, X, name):
         self._check_fitted()
         X = check_inputs(X, name, n_features=self.n_features_in_)
@@ -1239,19 +1248,13 @@ class GradientFlowDMFT:
         FB = _features(phi, phi, np.ascontiguousarray(self._features_any(XB, "XB")), self.a_, False)[0]
         return FA.T @ FB / M
 
-    def test_error(self, X, y):
-        """Mean squared error of :meth:`predict` on ``(X, y)`` (docs/theory.md section 5)."""
-        f = self.predict(X)
-        y = check_targets(y, f.size, "y")
-        return float(np.mean((f - y) ** 2))
-
     def features(self, X):
         """Final preactivations (M, len(X)) of the population on any inputs (eq. (4.7))."""
         return self._features_any(X, "X").copy()
 
     # ------------------------------------------------------------------------------ transfer
-    def transfer(self, X2, y2, X2_eval=None, *, gamma=None, weight_decay=None, temperature=None,
-                 coupling=0.0, readout_only=False, mode=None, y2_eval=None, dt=None, t_max=None, seed=None,
+    def transfer(self, X2, y2, X2_eval=None, *, coupling=0.0, gamma=None, weight_decay=None, temperature=None,
+                 readout_only=None, eval_set=None, mode=None, y2_eval=None, dt=None, t_max=None, seed=None,
                  a0=None, **options):
         """Train a target population that starts from this (source) population's features.
 
@@ -1267,7 +1270,10 @@ class GradientFlowDMFT:
         gamma, weight_decay, temperature : target hyper-parameters (default: the source's).
         coupling : float >= 0 or inf
             ``delta``; ``inf`` (or ``readout_only=True``) fine-tunes the readout on frozen features.
-        readout_only : bool
+        readout_only : bool, optional
+            Synonym of ``coupling=inf``; with a finite non-zero ``coupling`` a ``ValueError``.
+        eval_set : tuple (X2_test, y2_test), optional
+            The common spelling of ``X2_eval=X2_test, y2_eval=y2_test``.
         mode : {"joint", "readout", "lazy"} or None
             ``"joint"``: gradient flow of features and fresh readout (``coupling=0`` is the paper's
             jointly rich setting). ``"readout"``: readout-only fine-tuning (same as ``coupling=inf``).
@@ -1290,36 +1296,45 @@ class GradientFlowDMFT:
             The fitted target population.
         """
         self._check_fitted()
+        if eval_set is not None:
+            if X2_eval is not None or y2_eval is not None:
+                raise ValueError("pass the target test set either as eval_set=(X2_test, y2_test) or as "
+                                 "X2_eval/y2_eval, not both")
+            X2_eval, y2_eval = self._check_eval_set(eval_set, self.n_features_in_)
+        if mode is not None and mode not in ("joint", "readout", "lazy"):
+            raise ValueError(f"mode must be one of 'joint', 'readout', 'lazy' or None, got {mode!r}")
+        if mode == "readout" and readout_only is None:
+            readout_only = True  # so that a finite non-zero coupling is reported as a contradiction
+        return super().transfer(X2, y2, coupling=coupling, gamma=gamma, weight_decay=weight_decay,
+                                temperature=temperature, readout_only=readout_only, X2_eval=X2_eval,
+                                y2_eval=y2_eval, mode=mode, dt=dt, t_max=t_max, seed=seed, a0=a0, **options)
+
+    def _transfer(self, X2, y2, *, coupling, gamma, weight_decay, temperature, eval_set=None, X2_eval=None,
+                  y2_eval=None, mode=None, dt=None, t_max=None, seed=None, a0=None, **options):
         X2 = check_inputs(X2, "X2", n_features=self.n_features_in_)
         if X2_eval is None:
             X2e = np.empty((0, X2.shape[1]))
         else:
             X2e = check_inputs(X2_eval, "X2_eval", n_features=X2.shape[1])
-        if not isinstance(readout_only, (bool, np.bool_)):
-            raise ValueError(f"readout_only must be a bool, got {readout_only!r}")
-        delta = check_real("coupling", coupling, low=0.0, allow_inf=True)
-        if mode is not None and mode not in ("joint", "readout", "lazy"):
-            raise ValueError(f"mode must be one of 'joint', 'readout', 'lazy' or None, got {mode!r}")
+        delta = coupling
         if mode is None:
-            mode = "readout" if (readout_only or math.isinf(delta)) else "joint"
+            mode = "readout" if math.isinf(delta) else "joint"
         if mode == "readout":
             delta = math.inf
-        elif readout_only or math.isinf(delta):
+        elif math.isinf(delta):
             raise ValueError(f"mode={mode!r} contradicts readout_only=True / coupling=inf (readout fine-tuning)")
         if mode == "lazy" and delta != 0.0:
             raise ValueError(f"coupling must be 0 with mode='lazy' (the linearised flow has no coupling), "
                              f"got {coupling!r}")
-        unknown = set(options) - set(self.get_params())
+        unknown = set(options) - set(self.get_params(deep=False))
         if unknown:
             raise ValueError(f"unknown target options {sorted(unknown)}; accepted: constructor arguments of "
                              f"GradientFlowDMFT")
         Xt_all = np.vstack([X2, X2e])
         Href = np.ascontiguousarray(self._features_any(Xt_all, "X2"))
         seed = self.seed + 1 if seed is None else seed
-        params = self.get_params()
-        params.update(activation=self._act, gamma=self.gamma if gamma is None else gamma,
-                      weight_decay=self.weight_decay if weight_decay is None else weight_decay,
-                      temperature=self.temperature if temperature is None else temperature,
+        params = self.get_params(deep=False)
+        params.update(activation=self._act, gamma=gamma, weight_decay=weight_decay, temperature=temperature,
                       population=self.H_.shape[0], dt=self.dt if dt is None else dt,
                       t_max=self.t_max if t_max is None else t_max, coupling=delta, seed=seed)
         params.update(options)
@@ -1344,21 +1359,6 @@ class GradientFlowDMFT:
         target._href_is_h0 = True
         target.fit(X2, y2, X2e if X2e.shape[0] else None, y_eval=y2_eval, h0=Href, a0=a0, h_ref=Href)
         return target
-
-    def get_params(self, deep=True):
-        """Constructor arguments (the scikit-learn convention)."""
-        names = ("activation", "gamma", "weight_decay", "temperature", "population", "dt", "t_max", "coupling",
-                 "init_scale", "n_records", "tol", "early_stop", "average_from", "check_stability", "seed", "rtol",
-                 "atol", "method", "init", "record_spacing", "max_steps")
-        return {k: getattr(self, k) for k in names}
-
-    def set_params(self, **params):
-        valid = self.get_params()
-        for k, v in params.items():
-            if k not in valid:
-                raise ValueError(f"invalid parameter {k!r} for GradientFlowDMFT")
-            setattr(self, k, v)
-        return self
 
     # ------------------------------------------------------------------------------ lazy fine-tuning
     @_one_blas_thread
@@ -1394,9 +1394,8 @@ class GradientFlowDMFT:
                                    p["t_max"], p["n_records"])
         Vy = V.T @ y2
         hist = {"step": np.arange(len(times)), "time": times, "dt": np.zeros(len(times)),
-                "train_loss": np.empty(len(times)), "phi_change": np.zeros(len(times))}
-        if ye is not None:
-            hist["test_loss"] = np.empty(len(times))
+                "train_loss": np.empty(len(times)), "phi_change": np.zeros(len(times)),
+                "test_loss": np.empty(len(times) if ye is not None else 0)}
         for j, t in enumerate(times):
             c = self._lazy_coef(w, t) * Vy
             f = Theta_all @ (V @ c)
@@ -1404,8 +1403,8 @@ class GradientFlowDMFT:
             if ye is not None:
                 hist["test_loss"][j] = np.mean((ye - f[P:]) ** 2)
         self.history_ = hist
+        hist["eval_loss"] = hist["test_loss"]  # deprecated alias
         if ye is not None:
-            hist["eval_loss"] = hist["test_loss"]
             self.best_time_, self.best_test_loss_ = _best_on_curve(times, hist["test_loss"])
         self.t_end_ = float(times[-1])
         self.times_ = times

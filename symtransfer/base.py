@@ -79,17 +79,13 @@ class TransferEstimator(RegressorMixin, BaseEstimator):
     (returning ``self``), ``predict``, ``kernel`` and ``_transfer``, and may extend
     :meth:`_check_hyper`.
 
-    Class attributes
-    ----------------
-    _regime : {"equilibrium", "dynamics"}
-        ``"equilibrium"``: a Gibbs measure, needs ``weight_decay > 0`` and ``temperature > 0``
-        (``gamma >= 0``). ``"dynamics"``: a training run, ``weight_decay >= 0``, ``temperature >= 0``
-        (``0`` is gradient flow), ``gamma > 0`` (the output is scaled by ``1/gamma``).
-    _fitted_attr : str
-        Fitted attribute whose presence means "fitted" (``Phi_`` by default).
-    _shared_params : tuple of str
-        Constructor parameters that :func:`sklearn.base.clone` passes on as the same object instead of
-        cloning them: a target model's fitted ``source`` (cloning it would unfit it).
+    Three class attributes configure a subclass. ``_regime``: ``"equilibrium"`` (a Gibbs measure;
+    needs ``weight_decay > 0`` and ``temperature > 0``, allows ``gamma >= 0``) or ``"dynamics"`` (a
+    training run; ``weight_decay >= 0``, ``temperature >= 0`` with ``0`` gradient flow, ``gamma > 0``
+    since the output is scaled by ``1/gamma``). ``_fitted_attr``: the fitted attribute whose presence
+    means "fitted" (``"Phi_"``). ``_shared_params``: constructor parameters that
+    :func:`sklearn.base.clone` passes on as the same object instead of cloning them, e.g. a target
+    model's fitted ``source`` (a clone of it would be unfitted).
 
     Common fitted attributes (docs/estimators.md): ``Phi_`` (feature kernel on the training inputs),
     ``n_features_in_``, ``converged_``, ``n_iter_`` and ``history_`` with the keys ``time``,

@@ -11,7 +11,6 @@ activation: a ``tanh`` network on the source task against the adaptive-kernel th
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -95,21 +94,3 @@ def format_table(rows: list[DemoRow]) -> str:
         lines.append(f"{r.activation:<6} {r.setting:<9} {delta:>6} {r.theory_error:>11.4f} {r.simulation_error:>9.4f} "
                      f"{gain_t:>12} {gain_s:>9} {r.prediction_gap:>16.4f}")
     return "\n".join(lines)
-
-
-def main_demo(fast: bool = False) -> str:
-    t0 = time.perf_counter()
-    kw = dict(width=128, steps=1500, n_samples=2048) if fast else dict(width=256, steps=4000, n_samples=8192)
-    rows = run_demo(progress=True, nonlinear=True, **kw)
-    text = (
-        f"symtransfer demo: T = lambda = gamma = 1, alpha = 0.9, D = 20, P1 = 60 source and P2 = 20 target points\n"
-        f"simulation: width N = {kw['width']} network, Langevin for {kw['steps']} steps, time-averaged predictor;\n"
-        f"theory: N -> infinity equilibrium, exact for phi = linear (LinearTheory), adaptive kernel with "
-        f"{kw['n_samples']} Monte Carlo samples for phi = tanh (AdaptiveKernel); docs/theory.md sections 2-3\n"
-        f"E_g = test error, mean over test inputs of (f(x) - y(x))^2 against the noiseless teacher y; "
-        f"gain = E_g(scratch) - E_g(setting);\nrms(f_sim-f_th) = root-mean-square over test inputs of the "
-        f"difference between the simulated and the theoretical predictor (finite-N fluctuations)\n\n"
-        + format_table(rows)
-        + f"\n\n({time.perf_counter() - t0:.1f} s)"
-    )
-    return text

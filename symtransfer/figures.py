@@ -1,9 +1,11 @@
 """The figures of ``symtransfer experiment NAME``: theory as lines, simulations as points.
 
 Each experiment is a list of *points* -- one theory solve or one simulation, for one parameter
-setting and one seed -- that are evaluated in this process and stored one by one in a SQLite
-results database with the schema of :mod:`symtransfer.sweep` (so :func:`symtransfer.sweep.load_results`
+setting and one seed -- run by the sweeps' runner, :func:`symtransfer.sweep.run_points`, in this
+process, into the same kind of SQLite results store as a sweep (so :func:`symtransfer.sweep.load_results`
 reads it). A run that is interrupted, even killed, resumes without recomputing a finished point.
+Every setting is trained by :mod:`symtransfer.protocol` (scratch, fine-tuning, joint; one seed
+convention).
 The points are then aggregated over seeds into a tidy table (one row per method, setting, quantity
 and x value: ``mean``, ``sem``, ``n_seeds`` and the parameters), written as CSV, and drawn from that
 table, so the figure shows exactly the numbers of the CSV.
@@ -66,7 +68,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .sweep import _threads
+from .sweep import plain
 
 __all__ = [
     "EXPERIMENTS",
@@ -78,7 +80,6 @@ __all__ = [
     "run_experiment",
     "read_table",
     "disagreement",
-    "experiment_cli",
     "default_out",
     "DISAGREEMENT_LEGEND",
 ]
@@ -96,8 +97,6 @@ PROJECT_FIGURES = "docs/figures"
 _SETTINGS = ("scratch", "finetune", "joint")
 _LABEL = {"scratch": "scratch", "finetune": "fine-tune readout", "joint": "jointly rich"}
 _COLOR = {"scratch": "black", "finetune": "tab:blue", "joint": "tab:red"}
-# Seed offset of the scratch network, as in symtransfer.experiments (a stream disjoint from the source's).
-_SCRATCH_SEED = 7919
 
 
 # =========================================================================== configurations
@@ -252,25 +251,28 @@ def _gaussian_data(p):
     return (s.X_train, s.y_train), (t.X_train[:n], t.y_train[:n]), (t.X_test, t.y_test_clean)
 
 
-@lru_cache(maxsize=8)
-def _theory_source(key):
-    from .theory.adaptive import AdaptiveKernel
+def _gaussian_model(p, gamma):
+    """The unfitted template of a Gaussian-task point: the adaptive kernel for theory points, a
+    width-N Langevin network for simulation points (seed: the point's, see symtransfer.protocol)."""
+    if p["method"] == "theory":
+        from .theory.adaptive import AdaptiveKernel
 
-    p = dict(key)  # the teacher stays a tuple of items, as _gaussian_source_task caches it
-    s = _gaussian_source_task(p["dim"], p["n_source"], p["n_test"], p["teacher"], p["noise"], p["seed"])
-    return AdaptiveKernel(p["activation"], gamma=p["gamma1"], weight_decay=p["weight_decay"],
-                          temperature=p["temperature"], n_samples=p["n_samples"],
-                          seed=p["seed"]).fit(s.X_train, s.y_train)
-
-
-@lru_cache(maxsize=8)
-def _sim_source(key):
+        return AdaptiveKernel(p["activation"], gamma=gamma, weight_decay=p["weight_decay"],
+                              temperature=p["temperature"], n_samples=p["n_samples"], seed=p["seed"])
     from .sim import WideNetwork
 
+    return WideNetwork(p["width"], p["activation"], gamma=gamma, weight_decay=p["weight_decay"],
+                       temperature=p["temperature"], seed=p["seed"], **_sim_options(p))
+
+
+@lru_cache(maxsize=16)
+def _gaussian_source(key):
+    """The fitted source of a seed, shared by every target of it (cached)."""
+    from .protocol import fit_source
+
     p = dict(key)  # the teacher stays a tuple of items, as _gaussian_source_task caches it
     s = _gaussian_source_task(p["dim"], p["n_source"], p["n_test"], p["teacher"], p["noise"], p["seed"])
-    return WideNetwork(p["width"], p["activation"], gamma=p["gamma1"], weight_decay=p["weight_decay"],
-                       temperature=p["temperature"], seed=p["seed"], **_sim_options(p)).fit(s.X_train, s.y_train)
+    return fit_source(_gaussian_model(p, p["gamma1"]), s.X_train, s.y_train, seed=p["seed"])
 
 
 _SIM_KEYS = ("width", "steps", "lr", "average_from", "max_snapshots")
@@ -282,31 +284,17 @@ def _evaluate_gaussian(p) -> dict:
     Theory: the adaptive-kernel predictor, eq. (2.5) for scratch and eq. (3.3) after transfer
     (docs/theory.md); simulation: the time-averaged predictor of a width-N Langevin network.
     """
+    from .protocol import fit_scratch, transfer_setting
+
     _, (X2, y2), (Xt, yt) = _gaussian_data(p)
     hyper = dict(gamma=p["gamma2"], weight_decay=p["weight_decay"], temperature=p["temperature"])
     setting = p["setting"]
-    if p["method"] == "theory":
-        from .theory.adaptive import AdaptiveKernel
-
-        if setting == "scratch":
-            # what AdaptiveKernel.transfer(coupling=0) solves, without fitting a source it would not use
-            model = AdaptiveKernel(p["activation"], n_samples=p["n_samples"], seed=p["seed"] + 1, **hyper).fit(X2, y2)
-        else:
-            src = _theory_source(_hashable(p, _SOURCE_KEYS + ("n_samples",)))
-            coupling = math.inf if setting == "finetune" else p["coupling"]
-            model = src.transfer(X2, y2, coupling=coupling, **hyper)
+    if setting == "scratch":
+        model = fit_scratch(_gaussian_model(p, p["gamma2"]), X2, y2, seed=p["seed"], target_params=hyper)
     else:
-        from .sim import WideNetwork
-
-        if setting == "scratch":
-            model = WideNetwork(p["width"], p["activation"], seed=p["seed"] + _SCRATCH_SEED, **hyper,
-                                **_sim_options(p)).fit(X2, y2)
-        else:
-            src = _sim_source(_hashable(p, _SOURCE_KEYS + _SIM_KEYS))
-            if setting == "finetune":
-                model = src.transfer(X2, y2, readout_only=True, **hyper)
-            else:
-                model = src.transfer(X2, y2, coupling=p["coupling"], **hyper)
+        extra = ("n_samples",) if p["method"] == "theory" else _SIM_KEYS
+        src = _gaussian_source(_hashable(p, ("method",) + _SOURCE_KEYS + extra))
+        model = transfer_setting(src, setting, X2, y2, coupling=p.get("coupling"), target_params=hyper)
     return {"test_error": float(np.mean((model.predict(Xt) - yt) ** 2))}
 
 
@@ -495,12 +483,15 @@ def _phase_source(key):
     from .sim import WideNetwork
     from .theory.linear import LinearTheory
 
+    from .protocol import fit_source
+
     p = dict(key)
     D, P1, _ = _phase_sizes(dict(p, nu2=1.0))
     s = _phase_source_task(D, P1, p["sigma1"], p["seed"])
     hyper = dict(gamma=p["g1"] / math.sqrt(P1), weight_decay=p["lam1"], temperature=p["T1"])
-    net = WideNetwork(p["width"], "linear", seed=p["seed"], **hyper, **_sim_options(p)).fit(s.X_train, s.y_train)
-    return net, LinearTheory(**hyper).fit(s.X_train, s.y_train)
+    net = fit_source(WideNetwork(p["width"], "linear", **hyper, **_sim_options(p)), s.X_train, s.y_train,
+                     seed=p["seed"])
+    return net, fit_source(LinearTheory(**hyper), s.X_train, s.y_train)
 
 
 def _evaluate_phase(p) -> dict:
@@ -509,6 +500,7 @@ def _evaluate_phase(p) -> dict:
 
     ``gamma_k = g_k/sqrt(P_k)`` with ``P_k = round(nu_k D)``, as in the proportional limit.
     """
+    from .protocol import fit_scratch, transfer_setting
     from .sim import WideNetwork
     from .theory.linear import LinearTheory
 
@@ -516,17 +508,13 @@ def _evaluate_phase(p) -> dict:
     t = _phase_target_task(D, P2, p["alpha"], p["sigma2"], p["seed"])
     hyper = dict(gamma=p["g2"] / math.sqrt(P2), weight_decay=p["lam2"], temperature=p["T2"])
     if p["setting"] == "scratch":
-        net = WideNetwork(p["width"], "linear", seed=p["seed"] + _SCRATCH_SEED, **hyper,
-                          **_sim_options(p)).fit(t.X_train, t.y_train)
-        exact = LinearTheory(**hyper).fit(t.X_train, t.y_train)
+        net = fit_scratch(WideNetwork(p["width"], "linear", **hyper, **_sim_options(p)), t.X_train, t.y_train,
+                          seed=p["seed"])
+        exact = fit_scratch(LinearTheory(**hyper), t.X_train, t.y_train)
     else:
         src, src_exact = _phase_source(_hashable(p, _PHASE_SOURCE_KEYS))
-        coupling = math.inf if p["setting"] == "finetune" else p["coupling"]
-        if p["setting"] == "finetune":
-            net = src.transfer(t.X_train, t.y_train, readout_only=True, **hyper)
-        else:
-            net = src.transfer(t.X_train, t.y_train, coupling=coupling, **hyper)
-        exact = src_exact.transfer(t.X_train, t.y_train, coupling=coupling, **hyper)
+        net, exact = (transfer_setting(m, p["setting"], t.X_train, t.y_train, coupling=p.get("coupling"),
+                                       target_params=hyper) for m in (src, src_exact))
     # the network is linear in x: predictions at sqrt(D) e_i read off its weight vector, so the error
     # against the noiseless teacher is the population value (no test-set noise)
     eye = math.sqrt(D) * np.eye(D)
@@ -722,21 +710,44 @@ def _on_grid(history, times, key="test_loss"):
     return np.interp(times, history["time"], history[key])
 
 
-def _gf_train(p, gamma, t_max, seed, X, y, X_eval=None, y_eval=None, log_every=None):
-    """Gradient flow (``T = lambda = 0``) from a random initialisation on ``(X, y)``: the population
-    :class:`~symtransfer.theory.dmft.GradientFlowDMFT` at its defaults for theory points (tracking
-    ``X_eval``, whose loss it records when ``y_eval`` is given), a width-N network trained by
-    gradient descent with step ``lr`` for simulation points."""
+def _gf_model(p, gamma, t_max, log_every=None):
+    """Gradient flow (``T = lambda = 0``) from a random initialisation, unfitted: the population
+    :class:`~symtransfer.theory.dmft.GradientFlowDMFT` at its defaults for theory points, a width-N
+    network trained by gradient descent with step ``lr`` for simulation points (seed: the point's)."""
     if p["method"] == "theory":
         from .theory.dmft import GradientFlowDMFT
 
         return GradientFlowDMFT(p["activation"], gamma=gamma, weight_decay=0.0, population=p["population"],
-                                t_max=t_max, early_stop=False, seed=seed).fit(X, y, X_eval, y_eval=y_eval)
+                                t_max=t_max, early_stop=False, seed=p["seed"])
     from .sim import WideNetwork
 
     return WideNetwork(p["width"], p["activation"], gamma=gamma, weight_decay=0.0, temperature=0.0, lr=p["lr"],
-                       steps=max(1, round(t_max / p["lr"])), log_every=log_every, seed=seed, progress=False).fit(
-        X, y, eval_set=None if y_eval is None else (X_eval, y_eval))
+                       steps=_gf_steps(p, t_max), log_every=log_every, seed=p["seed"], progress=False)
+
+
+def _gf_steps(p, t_max):
+    return max(1, round(t_max / p["lr"]))
+
+
+def _gf_source_fit(p, gamma, t1, X1, y1, X_track):
+    """The source run of a seed; the population tracks the target inputs ``X_track`` (it predicts
+    and transfers on tracked inputs)."""
+    from .protocol import fit_source
+
+    fit_params = {"X_eval": X_track} if p["method"] == "theory" else None
+    return fit_source(_gf_model(p, gamma, t1), X1, y1, seed=p["seed"], fit_params=fit_params)
+
+
+def _gf_target(p, src, setting, gamma2, X2, y2, eval_set, log_every=None):
+    """The target run of one setting by symtransfer.protocol: scratch (a fresh run, seed + 7919),
+    fine-tuning or joint (coupling 0: source hidden weights, fresh readout) from ``src``."""
+    from .protocol import fit_scratch, transfer_setting
+
+    if setting == "scratch":
+        return fit_scratch(_gf_model(p, gamma2, p["t_max"], log_every), X2, y2, seed=p["seed"], eval_set=eval_set)
+    duration = {"t_max": p["t_max"]} if p["method"] == "theory" else {"steps": _gf_steps(p, p["t_max"])}
+    return transfer_setting(src, setting, X2, y2, coupling=0.0, target_params={"gamma": gamma2, **duration},
+                            eval_set=eval_set)
 
 
 @lru_cache(maxsize=4)
@@ -745,7 +756,7 @@ def _gf_poly_source(key):
     pair = _gf_poly_task(p["dim"], p["n_source"], p["n_target"], p["n_test"], p["source_teacher"],
                          p["target_teacher"], p["seed"])
     s, t = pair.source, pair.target
-    return _gf_train(p, p["gamma"], p["t1"], p["seed"], s.X_train, s.y_train, np.vstack([t.X_train, t.X_test]))
+    return _gf_source_fit(p, p["gamma"], p["t1"], s.X_train, s.y_train, np.vstack([t.X_train, t.X_test]))
 
 
 _GF_POLY_SOURCE_KEYS = ("method", "dim", "n_source", "n_target", "n_test", "source_teacher", "target_teacher",
@@ -761,17 +772,11 @@ def _evaluate_gf_poly(p) -> dict:
     t = _gf_poly_task(p["dim"], p.get("n_source", 1), p["n_target"], p["n_test"], st, tt, p["seed"]).target
     times = _gf_times(p["t_max"], p["n_times"])
     theory = p["method"] == "theory"
-    if p["setting"] == "scratch":
-        every = None if theory else max(1, max(1, round(p["t_max"] / p["lr"])) // (4 * (p["n_times"] - 1)))
-        model = _gf_train(p, p["gamma"], p["t_max"], p["seed"] + _SCRATCH_SEED, t.X_train, t.y_train, t.X_test,
-                          t.y_test_clean, log_every=every)
-    elif theory:
-        src = _gf_poly_source(_hashable(p, _GF_POLY_SOURCE_KEYS))
-        model = src.transfer(t.X_train, t.y_train, t.X_test, coupling=0.0, y2_eval=t.y_test_clean, t_max=p["t_max"])
-    else:
-        src = _gf_poly_source(_hashable(p, _GF_POLY_SOURCE_KEYS))
-        model = src.transfer(t.X_train, t.y_train, coupling=0.0, steps=max(1, round(p["t_max"] / p["lr"])),
-                             eval_set=(t.X_test, t.y_test_clean))
+    scratch = p["setting"] == "scratch"
+    src = None if scratch else _gf_poly_source(_hashable(p, _GF_POLY_SOURCE_KEYS))
+    every = max(1, _gf_steps(p, p["t_max"]) // (4 * (p["n_times"] - 1))) if scratch and not theory else None
+    model = _gf_target(p, src, p["setting"], p["gamma"], t.X_train, t.y_train, (t.X_test, t.y_test_clean),
+                       log_every=every)
     return {f"test_loss_{i}": float(v) for i, v in enumerate(_on_grid(model.history_, times))}
 
 
@@ -858,7 +863,7 @@ def _gf_digits_data(source, target, n_source, n_target, seed):
 def _gf_digits_source(key):
     p = dict(key)
     d = _gf_digits_data(p["source"], p["target"], p["n_source"], p["n_target"], p["seed"])
-    return _gf_train(p, p["gamma1"], p["t1"], p["seed"], d.X1, d.y1, np.vstack([d.X2, d.X_test]))
+    return _gf_source_fit(p, p["gamma1"], p["t1"], d.X1, d.y1, np.vstack([d.X2, d.X_test]))
 
 
 _GF_DIGITS_SOURCE_KEYS = ("method", "source", "target", "n_source", "n_target", "seed", "activation", "gamma1",
@@ -870,17 +875,8 @@ def _evaluate_gf_digits(p) -> dict:
     it is reached, and the loss at ``t_max``."""
     d = _gf_digits_data(p["source"], p["target"], p["n_source"], p["n_target"], p["seed"])
     setting = p["setting"]
-    if setting == "scratch":
-        model = _gf_train(p, p["gamma2"], p["t_max"], p["seed"] + _SCRATCH_SEED, d.X2, d.y2, d.X_test, d.y_test)
-    elif p["method"] == "theory":
-        src = _gf_digits_source(_hashable(p, _GF_DIGITS_SOURCE_KEYS))
-        model = src.transfer(d.X2, d.y2, d.X_test, gamma=p["gamma2"], coupling=math.inf if setting == "finetune"
-                             else 0.0, y2_eval=d.y_test, t_max=p["t_max"])
-    else:
-        src = _gf_digits_source(_hashable(p, _GF_DIGITS_SOURCE_KEYS))
-        kw = dict(readout_only=True) if setting == "finetune" else dict(coupling=0.0)
-        model = src.transfer(d.X2, d.y2, gamma=p["gamma2"], steps=max(1, round(p["t_max"] / p["lr"])),
-                             eval_set=(d.X_test, d.y_test), **kw)
+    src = None if setting == "scratch" else _gf_digits_source(_hashable(p, _GF_DIGITS_SOURCE_KEYS))
+    model = _gf_target(p, src, setting, p["gamma2"], d.X2, d.y2, (d.X_test, d.y_test))
     h = model.history_
     i = int(np.argmin(h["test_loss"]))
     return {"best_test_loss": float(h["test_loss"][i]), "best_time": float(h["time"][i]),
@@ -1565,12 +1561,12 @@ def experiment_points(name: str, fast: bool = False) -> list[dict]:
 
 
 def _points(specs, cfg):
-    from .sweep import _plain, point_key
+    from .sweep import point_key
 
     seen, points = set(), []
     for spec in specs:
         for p in spec.points:
-            q = _plain(p, "point")
+            q = plain(p, "point")
             k = point_key(q)
             if k not in seen:
                 seen.add(k)
@@ -1597,7 +1593,8 @@ class ExperimentRun:
         Evaluated and stored by this call.
     failures : list of (point, error message)
         Points whose evaluation raised; they are left out of the averages (``n_seeds`` shows it)
-        and retried by the next run.
+        and retried by the next run (the failure policy of :func:`symtransfer.sweep.run_points`,
+        the same as a sweep's).
     seconds : float
         Wall time of the call.
     rows : list of dict
@@ -1624,35 +1621,14 @@ class ExperimentRun:
         return s
 
 
-def _lookup_from(con, keys):
-    from .sweep import _plain, point_key
+class _Evaluate:
+    """The evaluator of experiment ``name``, looked up per call (so a test can replace it)."""
 
-    stored = {k: json.loads(res) for k, res in con.execute("SELECT key, results FROM points") if k in keys}
+    def __init__(self, name):
+        self.name = name
 
-    def lookup(p):
-        return stored.get(point_key(_plain(p, "point")))
-
-    return lookup
-
-
-def _evaluate_or_error(name, p):
-    """``{"ok", "results" | "error", "traceback", "seconds"}`` as :mod:`symtransfer.sweep` stores it.
-
-    A solver failing at one point (``ConvergenceError``, ``DivergenceError``, a singular system)
-    costs that point only: it is recorded in the ``failures`` table and retried by the next run.
-    Anything else (a bug, ``KeyboardInterrupt``) propagates.
-    """
-    import traceback
-
-    from .errors import SymtransferError
-
-    t0 = time.perf_counter()
-    try:
-        res = EXPERIMENTS[name].evaluate(p)  # looked up per call, so a test can count the calls
-    except (SymtransferError, ArithmeticError, np.linalg.LinAlgError) as exc:
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(),
-                "seconds": time.perf_counter() - t0}
-    return {"ok": True, "results": res, "seconds": time.perf_counter() - t0}
+    def __call__(self, p):
+        return EXPERIMENTS[self.name].evaluate(p)
 
 
 def default_out(fast: bool = False, cwd=None) -> Path:
@@ -1701,9 +1677,11 @@ def run_experiment(name: str, out=None, *, fast: bool = False, db=None, progress
     fast : bool
         Tiny sizes (seconds); the numbers are for tests, not for reading.
     db : path, optional
-        SQLite results database (schema of :mod:`symtransfer.sweep`); default ``<out>/NAME.sqlite``.
-        Every finished point is committed at once, so a rerun after an interruption (Ctrl-C, a kill)
-        computes only the missing points.
+        The results store; default ``<out>/NAME.sqlite``. The points run through
+        :func:`symtransfer.sweep.run_points`, the runner of the sweeps (in this process), so the
+        store, resume, claims and failure policy are a sweep's: every finished point is committed at
+        once, a rerun after an interruption (Ctrl-C, a kill) computes only the missing points, and a
+        point whose evaluation raises is recorded in the ``failures`` table and retried next time.
     progress : bool
         tqdm progress bar over points.
     threads : int, >= 1
@@ -1713,10 +1691,8 @@ def run_experiment(name: str, out=None, *, fast: bool = False, db=None, progress
     -------
     ExperimentRun
     """
-    from tqdm.auto import tqdm
-
     from ._validation import check_int
-    from .sweep import _connect, _done_keys, _store, point_key
+    from .sweep import load_points, point_key, run_points
 
     exp = _experiment(name)
     threads = check_int("threads", threads, low=1)
@@ -1725,38 +1701,19 @@ def run_experiment(name: str, out=None, *, fast: bool = False, db=None, progress
     cfg = experiment_config(name, fast)
     specs = exp.specs(cfg)
     points = _points(specs, cfg)
-    keys = [point_key(p) for p in points]
-    failures = []
-    con = _connect(db)
-    try:
-        done = _done_keys(con)
-        todo = [(k, p) for k, p in zip(keys, points) if k not in done]
-        n_done = len(points) - len(todo)
-        bar = tqdm(total=len(points), initial=n_done, desc=name, unit="point", disable=not progress,
-                   dynamic_ncols=True)
-        try:
-            with _threads(threads):
-                for k, p in todo:
-                    outcome = _evaluate_or_error(name, p)
-                    _store(con, k, p, outcome)  # committed at once: an interruption loses no finished point
-                    if not outcome["ok"]:
-                        failures.append((p, outcome["error"]))
-                        bar.set_postfix(failed=len(failures))
-                    bar.update(1)
-        finally:
-            bar.close()
-        lookup = _lookup_from(con, set(keys))
-    finally:
-        con.close()
-    rows = _rows(name, specs, lookup, exp.columns)
+    # in this process: the evaluators share cached source fits between the points of a seed
+    report = run_points(points, db, evaluate=_Evaluate(name), in_process=True, threads_per_point=threads,
+                        progress=progress, desc=name)
+    stored = load_points(db, [point_key(p) for p in points])
+    rows = _rows(name, specs, lambda p: stored.get(point_key(plain(p, "point"))), exp.columns)
     columns = list(CORE_COLUMNS) + list(exp.columns) + list(_TAIL_COLUMNS)
     csv_path, png, pdf = out / f"{name}.csv", out / f"{name}.png", out / f"{name}.pdf"
     _write_csv(csv_path, rows, columns)
     fig = exp.plot(cfg, rows)
     fig.savefig(png, dpi=150)
     fig.savefig(pdf, metadata={"CreationDate": None})  # no timestamp: a rerun gives the same file
-    return ExperimentRun(name, png, pdf, csv_path, db, len(points), n_done, len(todo) - len(failures), failures,
-                         time.perf_counter() - t0, rows)
+    return ExperimentRun(name, png, pdf, csv_path, db, len(points), report.n_already_done, report.n_computed,
+                         report.failures, time.perf_counter() - t0, rows)
 
 
 def _cell(v):
@@ -1845,29 +1802,3 @@ DISAGREEMENT_LEGEND = (
     "data noise cancels, so a large value measures a systematic gap (finite width N, finite training time, "
     "theory Monte Carlo error), not a failure; read its size from 'paired diff'\n"
     "  |sim - theory| / theory       relative gap of the test error")
-
-
-def _format_disagreement(worst) -> str:
-    lines = []
-    for q, w in worst.items():
-        for key, what in (("z", "|sim - theory| / sem_sim"), ("z_paired", "paired |sim - theory| / sem"),
-                          ("rel", "|sim - theory| / theory")):
-            if key not in w:
-                continue
-            it = w[key]
-            lines.append(f"  {q:<10} largest {what:<28} = {it[key]:.3g}  at {it['panel']}, {it['setting']}, "
-                         f"x={it['x']}: theory {it['theory']:.4g}, sim {it['sim']:.4g} ± {it['sem']:.2g} "
-                         f"(paired diff {it['paired_diff']:+.3g} ± {it['paired_diff_sem']:.2g})")
-    return "\n".join(lines)
-
-
-def experiment_cli(name, out=None, fast=False, db=None, threads=1) -> ExperimentRun:
-    """``symtransfer experiment NAME [--out DIR] [--fast] [--db FILE]``: run, write, print a summary.
-
-    The summary ends with where simulation and theory disagree most (:func:`disagreement`).
-    """
-    run = run_experiment(name, out, fast=fast, db=db, threads=threads)
-    print(run)
-    print(DISAGREEMENT_LEGEND)
-    print(_format_disagreement(disagreement(run.rows)))
-    return run

@@ -50,11 +50,12 @@ __all__ = [
     "point_key",
     "evaluate_point",
     "run_sweep",
+    "run_points",
+    "plain",
+    "load_points",
     "load_results",
     "load_failures",
     "to_long",
-    "load_sweep_config",
-    "sweep_cli",
     "SCHEDULER_TIMEOUT",
 ]
 
@@ -135,6 +136,12 @@ def _plain(value, where):
     if isinstance(value, dict):
         return {str(k): _plain(v, where) for k, v in value.items()}
     raise ValueError(f"{where} must be a plain number, string, bool, list or table, got {value!r}")
+
+
+def plain(value, where="value"):
+    """``value`` as plain JSON-able Python (NumPy scalars and arrays converted), or ``ValueError``
+    naming ``where``: the form in which points and results are keyed and stored."""
+    return _plain(value, where)
 
 
 def _file_digest(path: Path) -> str:
@@ -395,14 +402,19 @@ def _threads(n):
         numba.set_num_threads(before)
 
 
-def _run_point(params: dict, n_threads: int = 1):
-    """Worker side: evaluate, time, and turn any exception into data (it always pickles)."""
+def _run_point(params: dict, n_threads: int = 1, evaluate=None):
+    """One evaluation under the failure policy of :func:`run_points`: results, or the exception as
+    data (it always pickles). ``evaluate`` defaults to :func:`evaluate_point`."""
     t0 = time.perf_counter()
     try:
         with _threads(n_threads):
-            res = evaluate_point(params)
+            res = (evaluate_point if evaluate is None else evaluate)(params)
+        if evaluate is not None:
+            if not isinstance(res, dict):
+                raise TypeError(f"evaluator of {params.get('method')!r} returned {type(res).__name__}, not a dict")
+            res = _plain(res, "result")
         return {"ok": True, "results": res, "seconds": time.perf_counter() - t0}
-    except Exception as exc:  # noqa: BLE001 - reported per point, the sweep goes on
+    except Exception as exc:  # noqa: BLE001 - reported per point, the run goes on
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(),
                 "seconds": time.perf_counter() - t0}
 
@@ -420,13 +432,6 @@ def _orphan_watchdog(parent_pid: int):
 
 
 # --------------------------------------------------------------------------- configuration
-def load_sweep_config(path) -> dict:
-    """Read a sweep config: JSON for a ``.json`` suffix, TOML otherwise (``symtransfer._config``)."""
-    from ._config import load_config
-
-    return load_config(path)
-
-
 _CONFIG_KEYS = {"methods", "seeds", "params", "grid", "db", "workers", "threads_per_point"}
 
 
@@ -811,22 +816,91 @@ def run_sweep(config, db_path, *, scheduler=None, local_cluster=False, workers=N
     if scheduler_timeout is not None:
         scheduler_timeout = check_real("scheduler_timeout", scheduler_timeout, low=0.0, low_open=True)
     check_output_file(db_path, "results database")
+    return run_points(points, db_path, workers=workers, threads_per_point=tpp, scheduler=scheduler,
+                      local_cluster=local_cluster, scheduler_timeout=scheduler_timeout, progress=progress)
+
+
+def run_points(points, db_path, *, evaluate=None, in_process=False, workers=1, threads_per_point=1,
+               scheduler=None, local_cluster=False, scheduler_timeout=None, progress=True,
+               desc="sweep") -> SweepReport:
+    """Compute the points missing from the results store ``db_path``: the one runner of the package.
+
+    :func:`run_sweep` (sweeps, the advisor) and :func:`symtransfer.figures.run_experiment` (the
+    figures) both run their points through this function, so they share one results store, one
+    resume mechanism, one claim protocol, one failure policy and one progress bar.
+
+    Parameters
+    ----------
+    points : list of dict
+        Normalised points (plain JSON-able dicts with ``"method"``), each identified by
+        :func:`point_key`; duplicates are computed once.
+    db_path : path
+        The results store, an SQLite file (created if missing; a damaged or foreign file raises
+        :class:`~symtransfer.errors.ResultsDatabaseError` before anything is computed).
+    evaluate : callable, optional
+        ``evaluate(point) -> dict``; default :func:`evaluate_point` (the method registry). With a
+        process or Dask backend it must be picklable (a module-level function).
+    in_process : bool
+        Evaluate here, one point after the other (the figures: their evaluators share cached
+        source fits between points), instead of in ``workers`` spawned processes or on a Dask
+        cluster (``scheduler`` address, or ``local_cluster=True``).
+    workers, threads_per_point : int
+        Worker processes, and Numba/BLAS threads inside each evaluation.
+    progress : bool
+        tqdm progress bar (label ``desc``) with the count of failed points.
+
+    Returns
+    -------
+    SweepReport
+
+    Notes
+    -----
+    **Store.** Table ``points``: one row per finished point (``key``, ``method``, ``params``,
+    ``results`` as canonical JSON, ``seconds``, ``finished_at``); ``failures``: the last error of each
+    point that failed (with its traceback); ``claims``: points being computed; ``meta``: the schema
+    version. Each point is committed in its own transaction the moment it finishes (WAL journal), so
+    a run killed at any moment, even by ``SIGKILL``, loses only the points in flight.
+
+    **Resume.** Points already in ``points`` are skipped; a rerun computes exactly the missing ones
+    and retries the failed ones.
+
+    **Claims.** Each point is claimed (``BEGIN IMMEDIATE``, atomic across processes) before it is
+    computed, so several runs on one store compute each point once; a claim of a dead process on
+    this host is taken over, and a run releases its claims when it ends, however it ends.
+
+    **Failure policy.** An evaluation that raises an ``Exception`` (a solver's
+    :class:`~symtransfer.errors.ConvergenceError`, a singular system, a bug in a custom evaluator)
+    costs that point only: it is recorded in ``failures`` and in :attr:`SweepReport.failures`, left
+    out of the results, and retried by the next run; the run goes on. ``KeyboardInterrupt`` and
+    ``SystemExit`` stop the run (finished points stay stored). A worker process that dies (out of
+    memory, a crash in compiled code) stops the run with a ``RuntimeError`` naming the point.
+    """
+    tpp = check_int("threads_per_point", threads_per_point, low=1)
+    workers = check_int("workers", workers, low=1)
+    if scheduler is not None and local_cluster:
+        raise ValueError("give either scheduler=ADDRESS or local_cluster=True, not both")
+    if in_process and (scheduler is not None or local_cluster):
+        raise ValueError("in_process=True evaluates in this process: it takes no scheduler or local cluster")
+    keyed, seen = [], set()
+    for p in points:
+        k = point_key(p)
+        if k not in seen:
+            seen.add(k)
+            keyed.append((k, p))
 
     t0 = time.perf_counter()
     con = _connect(db_path)
     claims = _Claims(con)
     try:
         done = _done_keys(con)
-        keyed = [(point_key(p), p) for p in points]
         todo = [(k, p) for k, p in keyed if k not in done]
-        report = SweepReport(str(db_path), len(points), len(points) - len(todo), 0)
+        report = SweepReport(str(db_path), len(keyed), len(keyed) - len(todo), 0)
         if not todo:
             report.backend = "none (nothing to do)"
             return report
-        executor, cleanup, report.backend = _make_executor(workers, scheduler, local_cluster, scheduler_timeout)
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(points), initial=report.n_already_done, desc="sweep", unit="point",
+        bar = tqdm(total=len(keyed), initial=report.n_already_done, desc=desc, unit="point",
                    disable=not progress, dynamic_ncols=True)
         queue = iter(todo)
 
@@ -840,39 +914,50 @@ def run_sweep(config, db_path, *, scheduler=None, local_cluster=False, workers=N
                 bar.update(1)
             return None
 
+        def finish(k, p, out):
+            _store(con, k, p, out)  # committed at once: an interruption loses no finished point
+            if out["ok"]:
+                report.n_computed += 1
+            else:
+                report.failures.append((p, out["error"]))
+                bar.set_postfix(failed=len(report.failures))
+            bar.update(1)
+
         try:
-            pending = {}
-            window = 2 * workers if scheduler is None else 64  # bounded in-flight work
-            for _ in range(window):
-                nxt = next_claimed()
-                if nxt is None:
-                    break
-                pending[executor.submit(_run_point, nxt[1], tpp)] = nxt
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    k, p = pending.pop(fut)
-                    try:
-                        out = fut.result()
-                    except BrokenProcessPool as exc:
-                        raise RuntimeError(
-                            f"a worker process died abruptly (out of memory, or a crash in compiled code?) while "
-                            f"computing point {_canonical(p)}; the {report.n_computed} points finished in this "
-                            f"run are saved in {str(db_path)!r}: rerun to resume") from exc
-                    _store(con, k, p, out)
-                    if out["ok"]:
-                        report.n_computed += 1
-                    else:
-                        report.failures.append((p, out["error"]))
-                        bar.set_postfix(failed=len(report.failures))
-                    bar.update(1)
+            if in_process:
+                report.backend = "in process"
+                while (nxt := next_claimed()) is not None:
+                    finish(*nxt, _run_point(nxt[1], tpp, evaluate))
+                return report
+            executor, cleanup, report.backend = _make_executor(workers, scheduler, local_cluster, scheduler_timeout)
+            try:
+                pending = {}
+                window = 2 * workers if scheduler is None else 64  # bounded in-flight work
+                for _ in range(window):
                     nxt = next_claimed()
-                    if nxt is not None:
-                        pending[executor.submit(_run_point, nxt[1], tpp)] = nxt
+                    if nxt is None:
+                        break
+                    pending[executor.submit(_run_point, nxt[1], tpp, evaluate)] = nxt
+                while pending:
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        k, p = pending.pop(fut)
+                        try:
+                            out = fut.result()
+                        except BrokenProcessPool as exc:
+                            raise RuntimeError(
+                                f"a worker process died abruptly (out of memory, or a crash in compiled code?) "
+                                f"while computing point {_canonical(p)}; the {report.n_computed} points finished "
+                                f"in this run are saved in {str(db_path)!r}: rerun to resume") from exc
+                        finish(k, p, out)
+                        nxt = next_claimed()
+                        if nxt is not None:
+                            pending[executor.submit(_run_point, nxt[1], tpp, evaluate)] = nxt
+            finally:
+                cleanup()
+            return report
         finally:
             bar.close()
-            cleanup()
-        return report
     finally:
         try:
             claims.release_all()  # points in flight at an error or Ctrl-C go back to the pool
@@ -880,6 +965,17 @@ def run_sweep(config, db_path, *, scheduler=None, local_cluster=False, workers=N
             con.close()
         if "report" in locals():
             report.seconds = time.perf_counter() - t0
+
+
+def load_points(db_path, keys=None) -> dict:
+    """``{key: results}`` of the finished points of a results store (only ``keys``, if given)."""
+    con = _connect(db_path)
+    try:
+        rows = con.execute("SELECT key, results FROM points").fetchall()
+    finally:
+        con.close()
+    wanted = None if keys is None else set(keys)
+    return {k: json.loads(r) for k, r in rows if wanted is None or k in wanted}
 
 
 # --------------------------------------------------------------------------- loading
@@ -978,28 +1074,3 @@ def load_failures(db_path):
     df = _frame(rows, ["key", "method", "error", "traceback", "failed_at"])
     _report_skipped(df, skipped, db_path, "failures")
     return df
-
-
-# --------------------------------------------------------------------------- command line
-def sweep_cli(config_path, db_path=None, scheduler=None, local_cluster=False, workers=None, progress=True,
-              allow_code=False):
-    """``symtransfer sweep --config FILE [--db FILE] [--scheduler ADDRESS | --local-cluster]``.
-
-    The database defaults to the config's ``db`` key (relative to the config file) or, failing that,
-    the config path with suffix ``.db``. Prints a one-line summary (and the first failures) and
-    returns the :class:`SweepReport`; rerunning the same command resumes an interrupted sweep.
-    """
-    config_path = Path(config_path)
-    cfg = load_sweep_config(config_path)
-    base = config_path.resolve().parent
-    if db_path is None:
-        db = cfg.get("db")
-        if db is not None and not isinstance(db, str):
-            raise ValueError(f"config key 'db' must be a file name, got {db!r}")
-        db_path = (base / Path(db).expanduser()) if db else config_path.with_suffix(".db")
-    report = run_sweep(cfg, db_path, scheduler=scheduler, local_cluster=local_cluster, workers=workers,
-                       progress=progress, base_dir=base, allow_code=allow_code)
-    print(report)
-    for params, err in report.failures[:5]:
-        print(f"  failed: {json.dumps(params, sort_keys=True)}: {err}")
-    return report

@@ -36,7 +36,6 @@ __all__ = [
     "CompiledSaddlePoint",
     "SaddlePointSolution",
     "derive",
-    "derive_cli",
     "Expectation",
     "Average",
 ]
@@ -1380,25 +1379,3 @@ class CompiledSaddlePoint:
 
         return SaddlePointSolution(self.system.setting, dict(t=t, A=A, M=M, kappa=kap, rho=rho), v,
                                    A * K2 + M * Q, n, hist, predict, source=s_sol)
-
-
-def derive_cli(activation: str, setting: str, latex: str | None = None, markdown: bool = False,
-               dynamics: str = "equilibrium") -> str:
-    """Back end of ``symtransfer derive --activation SPEC --setting S [--latex FILE | --markdown]``.
-
-    Returns the text to print: the Markdown document with ``markdown=True``, a confirmation line after
-    writing the LaTeX document to ``latex``, and otherwise the plain-text document.
-    """
-    if latex is not None and markdown:
-        raise ValueError("--latex and --markdown are mutually exclusive")
-    try:
-        _canonical_setting(setting)
-    except ValueError:
-        raise ValueError(f"--setting must be one of {', '.join(SETTINGS)} (or 'single'), got {setting!r}") from None
-    system = derive(setting, activation, dynamics=dynamics)
-    if latex is not None:
-        system.latex(latex)
-        return f"wrote LaTeX document ({setting}, {dynamics}, phi = {system.activation.expr}) to {latex}"
-    if markdown:
-        return system.markdown()
-    return str(system)

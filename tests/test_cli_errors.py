@@ -198,13 +198,14 @@ def _help(cmd):
 
 def test_every_config_key_is_in_the_help():
     from symtransfer import cli, experiments
+    from symtransfer.cli import compare
     from symtransfer.theory import proportional
 
     text = _help("simulate")
     for k in cli._TASK_KEYS | cli._NET_KEYS | cli._TRANSFER_KEYS | {"seed"}:
         assert k in text, k
     text = _help("compare")
-    for k in (*experiments._TASK_KEYS, "method", "seeds", "settings", "data", "path", "activation", "couplings",
+    for k in (*compare._TASK_KEYS, "method", "seeds", "settings", "data", "path", "activation", "couplings",
               "source", "target", *experiments.METHODS, "gamma", "weight_decay", "temperature"):
         assert k in text, k
     text = _help("phase-diagram")

@@ -100,7 +100,9 @@ def test_demo_text_defines_its_columns_and_states_the_width(monkeypatch):
         return rows
 
     monkeypatch.setattr(demo, "run_demo", fake)
-    text = demo.main_demo(fast=True)
+    from symtransfer.cli.demo import main_demo
+
+    text = main_demo(fast=True)
     assert seen["nonlinear"] and seen["width"] == 128
     assert "width N = 128" in text and "E_g = test error" in text and "rms(f_sim-f_th) = root-mean-square" in text
     assert "|f_sim-f_th|" not in text

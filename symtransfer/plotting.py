@@ -3,6 +3,11 @@
 Figures are built on :class:`matplotlib.figure.Figure` with the Agg canvas directly, never through
 ``pyplot``, so importing this module changes no global backend state and works headless. Saving
 picks the format from the file suffix (PNG, PDF, SVG).
+
+This module is a leaf: it draws results it is given (a
+:class:`~symtransfer.theory.proportional.PhaseDiagram`, a
+:class:`~symtransfer.theory.proportional.LearningCurves`, or anything with the same attributes) and
+imports nothing from the rest of the package; the theory modules compute and import it lazily.
 """
 
 from __future__ import annotations
@@ -14,8 +19,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
-from .theory import proportional as _prop
-
 __all__ = ["plot_phase_diagram", "plot_learning_curves", "PARAMETER_LABELS"]
 
 #: Axis labels (mathtext) of the proportional-limit parameters.
@@ -25,6 +28,10 @@ PARAMETER_LABELS = {
     "alpha": r"task alignment $\alpha$",
     "g1": r"$g_1 = \gamma_1\sqrt{P_1}$",
     "g2": r"$g_2 = \gamma_2\sqrt{P_2}$",
+    "weight_decay1": r"weight decay $\lambda_1$",
+    "weight_decay2": r"weight decay $\lambda_2$",
+    "temperature1": r"temperature $T_1$",
+    "temperature2": r"temperature $T_2$",
     "lam1": r"$\lambda_1$",
     "lam2": r"$\lambda_2$",
     "T1": r"$T_1$",
@@ -117,83 +124,48 @@ def plot_phase_diagram(diagram, path=None, *, ax=None, xscale="auto", yscale="au
     return fig
 
 
-def plot_learning_curves(nu2_values, *, alphas=(0.0, 0.5, 1.0), gammas=(0.5, 2.0), coupling=1.0,
-                         settings=("scratch", "finetune", "joint"), gamma_applies_to="both", path=None,
-                         logy=True, **params):
-    """Target test error (noiseless teacher) against ``nu2`` for the three settings.
-
-    One panel per value of ``g`` in ``gammas``; in each, scratch (black, independent of ``alpha``),
-    readout fine-tuning (blue) and jointly rich training (red), with one line style per ``alpha``.
+def plot_learning_curves(curves, path=None, *, logy=True):
+    """Target test error against ``nu2``: one panel per ``g``, scratch (black), readout fine-tuning
+    (blue) and jointly rich training (red), one line style per alignment ``alpha``.
 
     Parameters
     ----------
-    nu2_values : array_like
-        Target samples per dimension (x axis, log scale).
-    alphas : sequence of float
-        Task alignments.
-    gammas : sequence of float
-        Values of ``g`` (``gamma = g/sqrt(P)``), one panel each.
-    coupling : float
-        ``delta`` of the jointly rich setting.
-    settings : sequence of str
-        Subset of ``("scratch", "finetune", "joint")``.
-    gamma_applies_to : {"both", "g1", "g2"}
-        Which feature-learning strength the panel value sets; the other comes from ``params``.
+    curves : symtransfer.theory.proportional.LearningCurves
+        From :func:`symtransfer.theory.proportional.learning_curves` (eq. (6.9) of docs/theory.md).
     path : str or path, optional
         Save the figure there.
     logy : bool
         Log scale for the error axis.
-    **params
-        The remaining parameters of :func:`symtransfer.theory.proportional.target_error`
-        (``nu1, lam1, lam2, T1, T2, sigma1, sigma2`` and, if not set by ``gamma_applies_to``, ``g1``/``g2``);
-        missing ones take :data:`~symtransfer.theory.proportional.DEFAULT_PARAMETERS`.
 
     Returns
     -------
     matplotlib.figure.Figure
     """
-    nu2 = np.asarray(nu2_values, dtype=np.float64)
-    if nu2.ndim != 1 or nu2.size < 2:
-        raise ValueError("nu2_values must be a 1-D array with at least 2 values")
-    if gamma_applies_to not in ("both", "g1", "g2"):
-        raise ValueError(f"gamma_applies_to must be 'both', 'g1' or 'g2', got {gamma_applies_to!r}")
-    bad = [s for s in settings if s not in _prop.SETTINGS]
-    if bad:
-        raise ValueError(f"settings must be among {_prop.SETTINGS}, got {bad}")
-    unknown = set(params) - (set(_prop.PARAMETERS) - {"nu2", "alpha", "coupling"})
-    if unknown:
-        raise ValueError(f"unknown or axis parameters {sorted(unknown)} in params")
-    gammas = list(gammas)
-    alphas = list(alphas)
-    if not gammas or not alphas:
-        raise ValueError("alphas and gammas must be non-empty")
-    base = {k: v for k, v in _prop.DEFAULT_PARAMETERS.items() if k not in ("nu2", "alpha", "coupling")}
-    base.update(params)
+    if not hasattr(curves, "curves") or not hasattr(curves, "nu2"):
+        raise TypeError("plot_learning_curves takes the LearningCurves of "
+                        "symtransfer.theory.proportional.learning_curves(nu2_values, ...), "
+                        f"got {type(curves).__name__}")
+    nu2 = np.asarray(curves.nu2)
     styles = ["-", "--", ":", "-.", (0, (5, 1, 1, 1))]
-    fig = _new_figure((4.2 * len(gammas), 3.8))
-    axes = fig.subplots(1, len(gammas), squeeze=False)[0]
-    for ax, g in zip(axes, gammas):
-        p = dict(base)
-        if gamma_applies_to in ("both", "g1"):
-            p["g1"] = g
-        if gamma_applies_to in ("both", "g2"):
-            p["g2"] = g
-        if "scratch" in settings:
-            e = _prop.target_error("scratch", nu2=nu2, alpha=0.0, **p)
-            ax.plot(nu2, e, label=_SETTING_LABEL["scratch"], lw=2, **_SETTING_STYLE["scratch"])
-        for k, a in enumerate(alphas):
-            for s in settings:
-                if s == "scratch":
-                    continue
-                e = _prop.target_error(s, nu2=nu2, alpha=a, coupling=coupling if s == "joint" else None, **p)
-                ax.plot(nu2, e, ls=styles[k % len(styles)], label=f"{_SETTING_LABEL[s]}, $\\alpha$={a:g}",
-                        **_SETTING_STYLE[s])
+    alpha_style = {}
+    settings = {c["setting"] for panel in curves.curves for c in panel}
+    fig = _new_figure((4.2 * len(curves.gammas), 3.8))
+    axes = fig.subplots(1, len(curves.gammas), squeeze=False)[0]
+    for ax, g, panel in zip(axes, curves.gammas, curves.curves):
+        for c in panel:
+            s = c["setting"]
+            if c["alpha"] is None:
+                ax.plot(nu2, c["error"], label=_SETTING_LABEL[s], lw=2, **_SETTING_STYLE[s])
+                continue
+            ls = alpha_style.setdefault(c["alpha"], styles[len(alpha_style) % len(styles)])
+            ax.plot(nu2, c["error"], ls=ls, label=f"{_SETTING_LABEL[s]}, $\\alpha$={c['alpha']:g}",
+                    **_SETTING_STYLE[s])
         ax.set_xscale("log")
         if logy:
             ax.set_yscale("log")
         ax.set_xlabel(PARAMETER_LABELS["nu2"])
-        ax.set_title(f"g = {g:g} ({gamma_applies_to})" + (f", $\\delta$ = {coupling:g}" if "joint" in settings
-                                                          else ""), fontsize="small")
+        ax.set_title(f"g = {g:g} ({curves.gamma_applies_to})"
+                     + (f", $\\delta$ = {curves.coupling:g}" if "joint" in settings else ""), fontsize="small")
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("target test error (noiseless teacher)")
     axes[-1].legend(fontsize="x-small", loc="best")

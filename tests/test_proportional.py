@@ -26,8 +26,8 @@ from scipy.optimize import brentq
 from symtransfer.errors import ConvergenceError
 from symtransfer.theory import proportional as pr
 
-BASE = dict(nu1=2.0, nu2=0.7, alpha=0.8, g1=3.0, g2=2.0, lam1=1.0, lam2=0.5, T1=0.5, T2=0.3, sigma1=0.3,
-            sigma2=0.5)
+BASE = dict(nu1=2.0, nu2=0.7, alpha=0.8, g1=3.0, g2=2.0, weight_decay1=1.0, weight_decay2=0.5, temperature1=0.5,
+            temperature2=0.3, sigma1=0.3, sigma2=0.5)
 DELTA = {"scratch": 0.0, "finetune": math.inf, "joint": 1.0}
 
 
@@ -129,8 +129,8 @@ def _finite_draw(D, rng, settings_=("scratch", "finetune", "joint"), **kw):
     b1c *= math.sqrt(D) / np.linalg.norm(b1c)
     # The eigenvectors of a Gaussian Gram matrix are Haar and independent of its eigenvalues, so the
     # label-noise vector X^T eps/sqrt(D) has independent coordinates sqrt(e_i) z_i in that basis.
-    a1, s1, w1c = _finite_source(e1, b1c, np.sqrt(e1) * rng.standard_normal(D), P1, p["g1"], p["lam1"],
-                                 p["T1"], p["sigma1"])
+    a1, s1, w1c = _finite_source(e1, b1c, np.sqrt(e1) * rng.standard_normal(D), P1, p["g1"], p["weight_decay1"],
+                                 p["temperature1"], p["sigma1"])
     cos1 = (w1c @ b1c) / (np.linalg.norm(w1c) * math.sqrt(D))
     # beta_perp is uniform on the sphere orthogonal to beta1 (as in symtransfer.tasks), independent of
     # the source noise: its overlap with the spike's part orthogonal to beta1 is one coordinate of a
@@ -141,8 +141,8 @@ def _finite_draw(D, rng, settings_=("scratch", "finetune", "joint"), **kw):
     e2 = _laguerre_eigs(P2, D, rng)
     uc, b2 = _unit_pair(D, overlap, rng)
     n2c = np.sqrt(e2) * rng.standard_normal(D)
-    return {s: _finite_target(s, e2, uc, math.sqrt(D) * b2, n2c, P2, s1, a1, p["g2"], p["lam2"], p["T2"],
-                              p.get("coupling", DELTA["joint"]), p["sigma2"])[0] for s in settings_}
+    return {s: _finite_target(s, e2, uc, math.sqrt(D) * b2, n2c, P2, s1, a1, p["g2"], p["weight_decay2"],
+                              p["temperature2"], p.get("coupling", DELTA["joint"]), p["sigma2"])[0] for s in settings_}
 
 
 def _dense_finite(pair, D, g1, g2, lam1, lam2, T1, T2, delta, setting):
@@ -243,22 +243,24 @@ def test_eigenbasis_solver_equals_linear_theory_on_dense_data():
 def test_source_state_matches_finite_d():
     rng = np.random.default_rng(5)
     D, nu1 = 1000, BASE["nu1"]
-    st_ = pr.source_state(nu1=nu1, g1=BASE["g1"], lam1=BASE["lam1"], T1=BASE["T1"], sigma1=BASE["sigma1"])
+    st_ = pr.source_state(nu1=nu1, g1=BASE["g1"],
+                          weight_decay1=BASE["weight_decay1"], temperature1=BASE["temperature1"], sigma1=BASE["sigma1"])
     a, cos = [], []
     for _ in range(6):
         P1 = int(nu1 * D)
         e1 = _laguerre_eigs(P1, D, rng)
         b1c = rng.standard_normal(D)
         b1c *= math.sqrt(D) / np.linalg.norm(b1c)
-        a1, s1, w1c = _finite_source(e1, b1c, np.sqrt(e1) * rng.standard_normal(D), P1, BASE["g1"], BASE["lam1"],
-                                     BASE["T1"], BASE["sigma1"])
+        a1, s1, w1c = _finite_source(e1, b1c, np.sqrt(e1) * rng.standard_normal(D), P1, BASE["g1"],
+                                     BASE["weight_decay1"],
+                                     BASE["temperature1"], BASE["sigma1"])
         a.append(a1)
         cos.append((w1c @ b1c) / (np.linalg.norm(w1c) * math.sqrt(D)))
     # draw-to-draw spread at D = 1000 is ~0.01 for both; the mean of 6 draws is within ~0.005
     assert np.mean(a) == pytest.approx(st_.amplitude, abs=0.02)
     assert np.mean(cos) == pytest.approx(st_.overlap, abs=0.01)
-    assert st_.spike == pytest.approx(st_.amplitude - BASE["T1"] / BASE["lam1"])
-    assert st_.chi == pytest.approx(1 - (BASE["T1"] / BASE["lam1"]) / st_.amplitude)
+    assert st_.spike == pytest.approx(st_.amplitude - BASE["temperature1"] / BASE["weight_decay1"])
+    assert st_.chi == pytest.approx(1 - (BASE["temperature1"] / BASE["weight_decay1"]) / st_.amplitude)
 
 
 def test_agreement_and_one_over_sqrt_d_convergence():
@@ -300,7 +302,8 @@ def test_alignment_extremes_agree_with_linear_theory():
 
     D = 200
     p = dict(BASE, nu1=1.5, nu2=0.6)
-    hyper = dict(g1=p["g1"], g2=p["g2"], lam1=p["lam1"], lam2=p["lam2"], T1=p["T1"], T2=p["T2"], delta=1.0)
+    hyper = dict(g1=p["g1"], g2=p["g2"], lam1=p["weight_decay1"], lam2=p["weight_decay2"], T1=p["temperature1"],
+                 T2=p["temperature2"], delta=1.0)
     for alpha in (0.0, 1.0):
         errs = {s: [] for s in ("scratch", "finetune", "joint")}
         for seed in range(2):
@@ -320,7 +323,8 @@ def test_alignment_extremes_agree_with_linear_theory():
 def test_linear_theory_agreement_all_dimensions():
     from symtransfer.tasks import make_transfer_pair
 
-    hyper = dict(g1=BASE["g1"], g2=BASE["g2"], lam1=BASE["lam1"], lam2=BASE["lam2"], T1=BASE["T1"], T2=BASE["T2"],
+    hyper = dict(g1=BASE["g1"], g2=BASE["g2"], lam1=BASE["weight_decay1"], lam2=BASE["weight_decay2"],
+                 T1=BASE["temperature1"], T2=BASE["temperature2"],
                  delta=1.0)
     theory = {s: _err(s) for s in ("scratch", "finetune", "joint")}
     rms = []
@@ -344,20 +348,21 @@ def test_linear_theory_agreement_all_dimensions():
 
 def test_no_feature_learning_in_source_gives_lazy_finetuning():
     # gamma1 -> 0: Sigma1 = s1^2 I, so fine-tuning is kernel ridge with s1^2 K, i.e. ridge lam2/s1^2.
-    s1 = BASE["T1"] / BASE["lam1"]
-    lazy = float(pr.ridge_error(BASE["lam2"] / s1, BASE["nu2"], BASE["sigma2"]))
+    s1 = BASE["temperature1"] / BASE["weight_decay1"]
+    lazy = float(pr.ridge_error(BASE["weight_decay2"] / s1, BASE["nu2"], BASE["sigma2"]))
     assert _err("finetune", g1=0.0) == pytest.approx(lazy, rel=1e-12)
     # continuity: the spike grows like g1^2
     d1, d2 = _err("finetune", g1=1e-3) - lazy, _err("finetune", g1=2e-3) - lazy
     assert d2 / d1 == pytest.approx(4.0, rel=1e-2)
-    st_ = pr.source_state(nu1=BASE["nu1"], g1=0.0, lam1=BASE["lam1"], T1=BASE["T1"])
+    st_ = pr.source_state(nu1=BASE["nu1"], g1=0.0,
+                          weight_decay1=BASE["weight_decay1"], temperature1=BASE["temperature1"])
     assert st_.spike == 0.0 and st_.amplitude == pytest.approx(s1)
 
 
 def test_orthogonal_tasks():
     # alpha = 0: beta2 has no overlap with the spike; fine-tuning sees only the isotropic bulk
-    s1 = BASE["T1"] / BASE["lam1"]
-    lazy = float(pr.ridge_error(BASE["lam2"] / s1, BASE["nu2"], BASE["sigma2"]))
+    s1 = BASE["temperature1"] / BASE["weight_decay1"]
+    lazy = float(pr.ridge_error(BASE["weight_decay2"] / s1, BASE["nu2"], BASE["sigma2"]))
     g1 = np.array([0.0, 1.0, 3.0, 6.0])
     assert np.allclose(_err("finetune", alpha=0.0, g1=g1), lazy, rtol=1e-12)
     # jointly rich training is then independent of what the source learned
@@ -373,8 +378,8 @@ def test_aligned_tasks_with_perfect_infinite_spike():
     # alpha = 1, nu1 -> inf with gamma1 sqrt(D) fixed and large: the spike lies on beta2 and is
     # unpenalised, so the bias vanishes and only the bulk's noise variance sigma2^2 (G - r G') is left.
     nu1 = 1e7
-    s1 = BASE["T1"] / BASE["lam1"]
-    r = BASE["lam2"] / s1
+    s1 = BASE["temperature1"] / BASE["weight_decay1"]
+    r = BASE["weight_decay2"] / s1
     G, dG = pr.mp_resolvent(r, BASE["nu2"])
     var = BASE["sigma2"] ** 2 * (G - r * dG)
     e = _err("finetune", alpha=1.0, nu1=nu1, g1=1e4 * math.sqrt(nu1))
@@ -385,13 +390,15 @@ def test_aligned_tasks_with_perfect_infinite_spike():
 def test_infinite_source_data():
     # nu1 -> inf at fixed g1: gamma1^2 = g1^2/P1 -> 0, the spike shrinks like g1^2/(nu1 s1^2) while
     # the spike direction converges to beta1.
-    s1 = BASE["T1"] / BASE["lam1"]
-    st_ = pr.source_state(nu1=1e6, g1=BASE["g1"], lam1=BASE["lam1"], T1=BASE["T1"], sigma1=BASE["sigma1"])
+    s1 = BASE["temperature1"] / BASE["weight_decay1"]
+    st_ = pr.source_state(nu1=1e6, g1=BASE["g1"],
+                          weight_decay1=BASE["weight_decay1"], temperature1=BASE["temperature1"], sigma1=BASE["sigma1"])
     assert st_.overlap == pytest.approx(1.0, abs=1e-5)
     assert st_.spike * 1e6 == pytest.approx(BASE["g1"] ** 2 / s1, rel=1e-4)
     # nu1 -> inf at fixed gamma1 sqrt(D) = k: chi1 = k/a1^2, so a1 = (s1^2 + sqrt(s1^4 + 4k))/2
     k = 5.0
-    st_ = pr.source_state(nu1=1e6, g1=math.sqrt(k * 1e6), lam1=BASE["lam1"], T1=BASE["T1"], sigma1=BASE["sigma1"])
+    st_ = pr.source_state(nu1=1e6, g1=math.sqrt(k * 1e6), weight_decay1=BASE["weight_decay1"],
+                          temperature1=BASE["temperature1"], sigma1=BASE["sigma1"])
     assert st_.amplitude == pytest.approx((s1 + math.sqrt(s1**2 + 4 * k)) / 2, rel=1e-4)
 
 
@@ -410,7 +417,7 @@ def test_coupling_limits():
 
 def test_lazy_target_scalars():
     # gamma2 -> 0: t = 1, A = s_c^2, M = m^2 (docs/theory.md, after eq. 3.7)
-    d, lam2, T2 = 0.7, BASE["lam2"], BASE["T2"]
+    d, lam2, T2 = 0.7, BASE["weight_decay2"], BASE["temperature2"]
     e, t, A, M = pr.target_scalars("joint", **dict(BASE, g2=0.0, coupling=d))
     assert t == 1.0
     assert A == pytest.approx(T2 / (lam2 + d), rel=1e-13)
@@ -422,12 +429,14 @@ def test_lazy_target_scalars():
        g2=st.floats(0, 6), lam2=st.floats(0.05, 5), T2=st.floats(0.05, 5), delta=st.floats(0.01, 100),
        sigma2=st.floats(0, 1.5))
 def test_joint_fixed_point_and_invariants(nu1, nu2, alpha, g1, g2, lam2, T2, delta, sigma2):
-    kw = dict(BASE, nu1=nu1, nu2=nu2, alpha=alpha, g1=g1, g2=g2, lam2=lam2, T2=T2, sigma2=sigma2, coupling=delta)
+    kw = dict(BASE, nu1=nu1, nu2=nu2, alpha=alpha, g1=g1, g2=g2, weight_decay2=lam2, temperature2=T2, sigma2=sigma2,
+              coupling=delta)
     e, t, A, M = pr.target_scalars("joint", **kw)
     assert np.isfinite(e) and e >= 0
     # re-evaluate eqs. (P.8)-(P.11) in plain NumPy at the returned scalars: both equations must hold
-    src = pr.source_state(nu1=nu1, g1=g1, lam1=BASE["lam1"], T1=BASE["T1"], sigma1=BASE["sigma1"])
-    s1, a1, p = BASE["T1"] / BASE["lam1"], src.amplitude, alpha * src.overlap
+    src = pr.source_state(nu1=nu1, g1=g1,
+                          weight_decay1=BASE["weight_decay1"], temperature1=BASE["temperature1"], sigma1=BASE["sigma1"])
+    s1, a1, p = BASE["temperature1"] / BASE["weight_decay1"], src.amplitude, alpha * src.overlap
     m = delta / (lam2 + delta)
     c0, c1 = A + M * s1, M * (a1 - s1)
     r, tau = lam2 / c0, lam2 / c0 - lam2 / (c0 + c1)
@@ -450,7 +459,7 @@ def test_joint_fixed_point_and_invariants(nu1, nu2, alpha, g1, g2, lam2, T2, del
 @given(nu1=st.floats(0.05, 50), g1=st.floats(0, 20), lam1=st.floats(0.01, 10), T1=st.floats(0.01, 10),
        sigma1=st.floats(0, 2))
 def test_source_invariants(nu1, g1, lam1, T1, sigma1):
-    s = pr.source_state(nu1=nu1, g1=g1, lam1=lam1, T1=T1, sigma1=sigma1)
+    s = pr.source_state(nu1=nu1, g1=g1, weight_decay1=lam1, temperature1=T1, sigma1=sigma1)
     s1 = T1 / lam1
     assert s.amplitude >= s1 * (1 - 1e-14) and 0 <= s.chi < 1 and -1 <= s.overlap <= 1 + 1e-12
     # eq. (P.6): a1 (1 - chi(a1)) = s1^2 with chi = g1^2 q/(nu1 a1^2)
@@ -470,7 +479,8 @@ def test_broadcasting_and_scratch_is_single_task():
         for j in range(3):
             assert grid[i, j] == _err("joint", alpha=float(alphas[i, 0]), nu2=float(nus[j]))
     # scratch is the single-task theory with the target's parameters
-    s = pr.source_state(nu1=nus, g1=BASE["g2"], lam1=BASE["lam2"], T1=BASE["T2"], sigma1=BASE["sigma2"])
+    s = pr.source_state(nu1=nus, g1=BASE["g2"],
+                        weight_decay1=BASE["weight_decay2"], temperature1=BASE["temperature2"], sigma1=BASE["sigma2"])
     assert np.allclose(_err("scratch", nu2=nus), s.error, rtol=1e-13)
     assert isinstance(_err("scratch"), float)
 
@@ -482,8 +492,8 @@ def test_validation():
         _err("finetune", alpha=1.5)
     with pytest.raises(ValueError, match="nu2"):
         _err("finetune", nu2=np.array([1.0, -1.0]))
-    with pytest.raises(ValueError, match="T1"):
-        _err("finetune", T1=0.0)
+    with pytest.raises(ValueError, match="^temperature1 must"):
+        _err("finetune", temperature1=0.0)
     with pytest.raises(ValueError, match="coupling"):
         pr.target_error("joint", **BASE)
     with pytest.raises(ValueError, match="coupling"):
@@ -518,31 +528,64 @@ def test_phase_diagram_boundary_is_the_zero_of_the_gain(tmp_path):
 
 def test_plots_and_cli(tmp_path, capsys):
     from symtransfer import plotting
+    from symtransfer.cli.phase_diagram import phase_diagram_cli
 
     cfg = {"setting": "joint", "x": "alpha", "y": "nu2", "x_grid": {"start": 0, "stop": 1, "num": 12},
            "y_values": [0.2, 0.5, 1.0, 2.0, 5.0], "params": {"coupling": 2.0, "g1": 3.0}, "arrays": "d.npz"}
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps(cfg))
-    d = pr.phase_diagram_cli(path, tmp_path / "pd.png")
+    d = phase_diagram_cli(path, tmp_path / "pd.png")
     assert (tmp_path / "pd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"positive transfer on {np.mean(d.gain > 0):.0%}" in capsys.readouterr().out
     z = np.load(tmp_path / "d.npz")
     assert z["gain"].shape == (5, 12) and np.array_equal(z["gain"], d.gain)
     toml = tmp_path / "cfg.toml"
     toml.write_text('x = "g1"\ny = "alpha"\nn = 6\nsetting = "finetune"\n[params]\nnu2 = 1.0\n')
-    d2 = pr.phase_diagram_cli(toml, tmp_path / "pd.pdf")
+    d2 = phase_diagram_cli(toml, tmp_path / "pd.pdf")
     assert (tmp_path / "pd.pdf").read_bytes()[:4] == b"%PDF" and d2.gain.shape == (6, 6)
     with pytest.raises(ValueError, match="unknown config keys"):
         bad = tmp_path / "bad.json"
         bad.write_text('{"sett": 1}')
-        pr.phase_diagram_cli(bad, tmp_path / "x.png")
-    fig = plotting.plot_learning_curves(np.geomspace(0.2, 5, 8), alphas=(0.0, 1.0), gammas=(0.5, 3.0),
-                                        path=tmp_path / "lc.png", **{k: v for k, v in BASE.items()
-                                                                     if k not in ("nu2", "alpha", "g1", "g2")})
+        phase_diagram_cli(bad, tmp_path / "x.png")
+    curves = pr.learning_curves(np.geomspace(0.2, 5, 8), alphas=(0.0, 1.0), gammas=(0.5, 3.0),
+                                **{k: v for k, v in BASE.items() if k not in ("nu2", "alpha", "g1", "g2")})
+    fig = plotting.plot_learning_curves(curves, path=tmp_path / "lc.png")
     assert (tmp_path / "lc.png").stat().st_size > 1000
     # the plotted curves are the closed forms
     line = fig.axes[0].lines[0]
     assert np.allclose(line.get_ydata(), _err("scratch", nu2=line.get_xdata(), g1=0.5, g2=0.5))
+    assert len(fig.axes[0].lines) == 1 + 2 * 2  # scratch, then (finetune, joint) per alpha
+    assert curves.plot().axes[1].lines[0].get_ydata() == pytest.approx(curves.curves[1][0]["error"])
+    with pytest.raises(TypeError, match="learning_curves"):
+        plotting.plot_learning_curves(np.geomspace(0.2, 5, 8))
+
+
+def test_old_parameter_names_are_accepted_with_a_warning():
+    old = {"lam1": "weight_decay1", "lam2": "weight_decay2", "T1": "temperature1", "T2": "temperature2"}
+    assert pr.DEPRECATED_NAMES == old
+    kw = {next((o for o, n in old.items() if n == k), k): v for k, v in BASE.items()}
+    assert set(kw) & set(old) == set(old)
+    for setting, c in (("scratch", None), ("finetune", None), ("joint", 1.0)):
+        with pytest.warns(DeprecationWarning, match="lam1 is the old name of weight_decay1"):
+            e_old = pr.target_error(setting, coupling=c, **kw)
+        assert e_old == pr.target_error(setting, coupling=c, **BASE)
+    with pytest.warns(DeprecationWarning):
+        s_old = pr.source_state(nu1=2.0, g1=1.0, lam1=0.7, T1=0.4)
+    assert s_old == pr.source_state(nu1=2.0, g1=1.0, weight_decay1=0.7, temperature1=0.4)
+    with pytest.warns(DeprecationWarning):
+        assert pr.transfer_gain("finetune", **kw) == pr.transfer_gain("finetune", **BASE)
+    with pytest.warns(DeprecationWarning, match="'T2' is the old name"):
+        d = pr.phase_diagram("alpha", "T2", n=3)
+    assert d.y_name == "temperature2" and "weight_decay1" in d.params and "lam1" not in d.params
+    # an error names the argument as the caller spelt it
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="^T1 must"):
+        pr.target_error("scratch", **{**kw, "T1": 0.0})
+    with pytest.raises(ValueError, match="weight_decay1 or its old name lam1"):
+        pr.target_error("scratch", **BASE, lam1=1.0)
+    with pytest.raises(TypeError, match="weight_decay2"):
+        pr.target_error("scratch", **{k: v for k, v in BASE.items() if k != "weight_decay2"})
+    with pytest.raises(TypeError, match="lam3"):
+        pr.target_error("scratch", **BASE, lam3=1.0)
 
 
 def test_errors_report_failing_point():
@@ -567,14 +610,14 @@ def test_one_point_against_wide_network_simulation():
     from symtransfer.theory.linear import LinearTheory
 
     D, nu1, nu2 = 40, 2.0, 1.0
-    p = dict(nu1=nu1, nu2=nu2, alpha=0.8, g1=2.0, g2=2.0, lam1=1.0, lam2=1.0, T1=0.5, T2=0.5, sigma1=0.2,
-             sigma2=0.2)
+    p = dict(nu1=nu1, nu2=nu2, alpha=0.8, g1=2.0, g2=2.0, weight_decay1=1.0, weight_decay2=1.0, temperature1=0.5,
+             temperature2=0.5, sigma1=0.2, sigma2=0.2)
     P1, P2 = int(nu1 * D), int(nu2 * D)
     pair = make_transfer_pair(D, P1, P2, 0, p["alpha"], noise_source=p["sigma1"], noise_target=p["sigma2"], seed=0)
     s, tg = pair.source, pair.target
     eye = math.sqrt(D) * np.eye(D)  # predictions at sqrt(D) e_i read off w (linear network)
-    hyper1 = dict(gamma=p["g1"] / math.sqrt(P1), weight_decay=p["lam1"], temperature=p["T1"])
-    hyper2 = dict(gamma=p["g2"] / math.sqrt(P2), weight_decay=p["lam2"], temperature=p["T2"])
+    hyper1 = dict(gamma=p["g1"] / math.sqrt(P1), weight_decay=p["weight_decay1"], temperature=p["temperature1"])
+    hyper2 = dict(gamma=p["g2"] / math.sqrt(P2), weight_decay=p["weight_decay2"], temperature=p["temperature2"])
     net = WideNetwork(1000, activation="linear", steps=4000, average_from=0.5, seed=1, progress=False,
                       **hyper1).fit(s.X_train, s.y_train)
     lt = LinearTheory(**hyper1).fit(s.X_train, s.y_train)

@@ -17,11 +17,17 @@ teacher, ``E_x (f(x) - beta.x/sqrt(D))^2 = |w_hat - beta|^2 / D`` (no ``sigma^2`
 
 The public functions validate and broadcast in Python; the per-point work runs in a Numba
 ``prange`` kernel.
+
+Names: ``weight_decay1, weight_decay2, temperature1, temperature2`` are ``lambda_k, T_k`` of the
+classes (``weight_decay``, ``temperature``); ``g1, g2`` are *scaled* strengths, ``gamma_k = g_k/sqrt(P_k)``,
+not the classes' ``gamma`` (docs/architecture.md, naming table). The old names ``lam1, lam2, T1, T2``
+are accepted with a ``DeprecationWarning``.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -37,6 +43,8 @@ __all__ = [
     "DEFAULT_PARAMETERS",
     "SourceState",
     "PhaseDiagram",
+    "LearningCurves",
+    "DEPRECATED_NAMES",
     "mp_resolvent",
     "ridge_error",
     "source_state",
@@ -44,16 +52,22 @@ __all__ = [
     "target_scalars",
     "transfer_gain",
     "phase_diagram",
+    "learning_curves",
 ]
 
 SETTINGS = ("scratch", "finetune", "joint")
 _SETTING_CODE = {"scratch": 0, "finetune": 1, "joint": 2}
 
 #: Parameter names in the order the kernels take them.
-PARAMETERS = ("nu1", "nu2", "alpha", "g1", "g2", "lam1", "lam2", "T1", "T2", "coupling", "sigma1", "sigma2")
+PARAMETERS = ("nu1", "nu2", "alpha", "g1", "g2", "weight_decay1", "weight_decay2", "temperature1", "temperature2",
+              "coupling", "sigma1", "sigma2")
+
+#: Old spellings of the parameters, accepted with a DeprecationWarning (error messages use the caller's spelling).
+DEPRECATED_NAMES = {"lam1": "weight_decay1", "lam2": "weight_decay2", "T1": "temperature1", "T2": "temperature2"}
 
 #: Values used by :func:`phase_diagram` for the parameters that are neither axis nor given.
-DEFAULT_PARAMETERS = dict(nu1=4.0, nu2=1.0, alpha=0.5, g1=2.0, g2=2.0, lam1=1.0, lam2=1.0, T1=0.5, T2=0.5,
+DEFAULT_PARAMETERS = dict(nu1=4.0, nu2=1.0, alpha=0.5, g1=2.0, g2=2.0, weight_decay1=1.0, weight_decay2=1.0,
+                          temperature1=0.5, temperature2=0.5,
                           coupling=1.0, sigma1=0.2, sigma2=0.2)
 
 # Ranges (low, low_open, high, allow_inf); the message names the parameter and the range.
@@ -63,10 +77,10 @@ _RANGES = {
     "alpha": (-1.0, False, 1.0, False),
     "g1": (0.0, False, None, False),
     "g2": (0.0, False, None, False),
-    "lam1": (0.0, True, None, False),
-    "lam2": (0.0, True, None, False),
-    "T1": (0.0, True, None, False),
-    "T2": (0.0, True, None, False),
+    "weight_decay1": (0.0, True, None, False),
+    "weight_decay2": (0.0, True, None, False),
+    "temperature1": (0.0, True, None, False),
+    "temperature2": (0.0, True, None, False),
     "coupling": (0.0, False, None, True),
     "sigma1": (0.0, False, None, False),
     "sigma2": (0.0, False, None, False),
@@ -75,7 +89,8 @@ _RANGES = {
 # Beyond these magnitudes the scalar equations over- or underflow float64 (s^2 = T/lambda = 1e300,
 # say): such a value is refused up front, naming the parameter, rather than returned as NaN.
 _SCALE_LIMIT = 1e100
-_SCALED = {"nu1", "nu2", "lam1", "lam2", "T1", "T2"}  # positive scales: both ends bounded
+# positive scales: both ends bounded
+_SCALED = {"nu1", "nu2", "weight_decay1", "weight_decay2", "temperature1", "temperature2"}
 _BOUNDED_ABOVE = {"g1", "g2", "coupling", "sigma1", "sigma2"}
 
 _MAXIT = 200
@@ -365,11 +380,41 @@ def _source_kernel(nu, g, lam, T, sig, out, status):
 # ------------------------------------------------------------------------------------------------
 
 
-def _check_array(name, value):
+def _check_array(name, value, label=None):
     low, low_open, high, allow_inf = _RANGES[name]
     limit = _SCALE_LIMIT if name in _SCALED or name in _BOUNDED_ABOVE else None
-    return check_real_array(name, value, low=low, low_open=low_open, high=high, allow_inf=allow_inf,
+    return check_real_array(label or name, value, low=low, low_open=low_open, high=high, allow_inf=allow_inf,
                             scale_limit=limit, two_sided=name in _SCALED)
+
+
+_REQUIRED = object()
+
+
+def _renamed(kw: dict, where: str, labels: dict | None = None) -> dict:
+    """``kw`` with the old names (``lam1``, ``T1``, ...) replaced by the new ones, warning once per name.
+
+    ``labels`` (if given) collects new name -> the spelling the caller used, so that a range error
+    names the argument as it was written.
+    """
+    out = dict(kw)
+    for old, new in DEPRECATED_NAMES.items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        if out.get(new, _REQUIRED) is not _REQUIRED and out.get(new) is not None:
+            raise ValueError(f"{where}: give {new} or its old name {old}, not both")
+        warnings.warn(f"{where}: {old} is the old name of {new}; it will be removed", DeprecationWarning,
+                      stacklevel=3)
+        out[new] = value
+        if labels is not None:
+            labels[new] = old
+    return out
+
+
+def _missing(kw: dict, names, where: str):
+    missing = [k for k in names if kw.get(k, _REQUIRED) is _REQUIRED]
+    if missing:
+        raise TypeError(f"{where} missing required keyword argument(s): {', '.join(missing)}")
 
 
 def _call_kernel(kernel, args, out, status, flat, what):
@@ -408,8 +453,9 @@ def _setting_code(setting):
     return _SETTING_CODE[setting]
 
 
-def _broadcast(named: dict):
-    return broadcast_flat({k: _check_array(k, v) for k, v in named.items()})
+def _broadcast(named: dict, labels=None):
+    labels = labels or {}
+    return broadcast_flat({k: _check_array(k, v, labels.get(k)) for k, v in named.items()})
 
 
 def _shape_out(x, shape):
@@ -427,11 +473,11 @@ def _coupling_for(setting, coupling):
     return 0.0 if setting == "scratch" else np.inf
 
 
-def _run(setting, kw, *, full=False):
+def _run(setting, kw, *, full=False, labels=None):
     code = _setting_code(setting)
     kw = dict(kw)
     kw["coupling"] = _coupling_for(setting, kw["coupling"])
-    shape, flat = _broadcast({k: kw[k] for k in PARAMETERS})
+    shape, flat = _broadcast({k: kw[k] for k in PARAMETERS}, labels)
     n = int(np.prod(shape, dtype=np.int64))
     out = np.empty((n, 4))
     status = np.zeros(n, dtype=np.int64)
@@ -494,7 +540,7 @@ class SourceState(NamedTuple):
     ----------
     amplitude : ndarray
         ``a1``: the variance of the weights along the spike ``u`` (eq. 6.6); the bulk variance is
-        ``s1^2 = T1/lam1``.
+        ``s1^2 = temperature1/weight_decay1``.
     spike : ndarray
         ``a1 - s1^2``: the excess variance along the spike (0 without feature learning).
     overlap : ndarray
@@ -502,7 +548,7 @@ class SourceState(NamedTuple):
     chi : ndarray
         ``chi1 = 1 - s1^2/a1`` (< 1: the tilt normalises).
     effective_ridge : ndarray
-        ``lam1/a1``: the source predictor is ridge regression with this ridge (docs/theory.md, eq. (2.10)).
+        ``weight_decay1/a1``: the source predictor is ridge regression with this ridge (docs/theory.md, eq. (2.10)).
     error : ndarray
         Source test error against the noiseless source teacher.
     """
@@ -515,7 +561,7 @@ class SourceState(NamedTuple):
     error: np.ndarray
 
 
-def source_state(*, nu1, g1, lam1, T1, sigma1=0.0) -> SourceState:
+def source_state(*, nu1, g1, weight_decay1=_REQUIRED, temperature1=_REQUIRED, sigma1=0.0, **old_names) -> SourceState:
     """Spike size and overlap of the source's learned weight covariance in the proportional limit.
 
     docs/theory.md, eqs. (6.6)-(6.7); ``gamma1 = g1/sqrt(P1)``. Arguments broadcast.
@@ -526,8 +572,8 @@ def source_state(*, nu1, g1, lam1, T1, sigma1=0.0) -> SourceState:
         ``P1/D``.
     g1 : array_like, >= 0
         Rescaled feature-learning strength, ``gamma1 = g1/sqrt(P1)``.
-    lam1, T1 : array_like, > 0
-        Weight decay and temperature of source training.
+    weight_decay1, temperature1 : array_like, > 0
+        Weight decay and temperature of source training (old names ``lam1``, ``T1``: deprecated).
     sigma1 : array_like, >= 0
         Label-noise standard deviation of the source teacher.
 
@@ -535,25 +581,33 @@ def source_state(*, nu1, g1, lam1, T1, sigma1=0.0) -> SourceState:
     -------
     SourceState
     """
-    shape, flat = _broadcast(dict(nu1=nu1, g1=g1, lam1=lam1, T1=T1, sigma1=sigma1))
+    unknown = set(old_names) - {"lam1", "T1"}
+    if unknown:
+        raise TypeError(f"source_state() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    labels = {}
+    kw = _renamed(dict(weight_decay1=weight_decay1, temperature1=temperature1, **old_names), "source_state", labels)
+    _missing(kw, ("weight_decay1", "temperature1"), "source_state()")
+    shape, flat = _broadcast(dict(nu1=nu1, g1=g1, weight_decay1=kw["weight_decay1"],
+                                  temperature1=kw["temperature1"], sigma1=sigma1), labels)
     n = int(np.prod(shape, dtype=np.int64))
     out = np.empty((n, 4))
     status = np.zeros(n, dtype=np.int64)
-    _call_kernel(_source_kernel, (flat["nu1"], flat["g1"], flat["lam1"], flat["T1"], flat["sigma1"]), out, status,
-                 flat, "source_state")
+    _call_kernel(_source_kernel, (flat["nu1"], flat["g1"], flat["weight_decay1"], flat["temperature1"],
+                                  flat["sigma1"]), out, status, flat, "source_state")
     a, s1, cos1, err = out.T
     return SourceState(
         amplitude=_shape_out(a, shape),
         spike=_shape_out(a - s1, shape),
         overlap=_shape_out(cos1, shape),
         chi=_shape_out(1.0 - s1 / a, shape),
-        effective_ridge=_shape_out(flat["lam1"] / a, shape),
+        effective_ridge=_shape_out(flat["weight_decay1"] / a, shape),
         error=_shape_out(err, shape),
     )
 
 
-def target_error(setting, *, nu1, nu2, alpha, g1, g2, lam1, lam2, T1, T2, coupling=None, sigma1=0.0,
-                 sigma2=0.0):
+def target_error(setting, *, nu1, nu2, alpha, g1, g2, weight_decay1=_REQUIRED, weight_decay2=_REQUIRED,
+                 temperature1=_REQUIRED, temperature2=_REQUIRED, coupling=None, sigma1=0.0, sigma2=0.0,
+                 **old_names):
     """Target test error in the proportional limit, against the noiseless target teacher.
 
     docs/theory.md, eqs. (6.8)-(6.12), the ``D -> infinity`` limit of docs/theory.md eqs.
@@ -572,8 +626,9 @@ def target_error(setting, *, nu1, nu2, alpha, g1, g2, lam1, lam2, T1, T2, coupli
         Teacher alignment ``beta1.beta2/D``.
     g1, g2 : array_like, >= 0
         Rescaled feature-learning strengths, ``gamma_k = g_k/sqrt(P_k)``.
-    lam1, lam2, T1, T2 : array_like, > 0
-        Weight decays and temperatures.
+    weight_decay1, weight_decay2, temperature1, temperature2 : array_like, > 0
+        Weight decays ``lambda_k`` and temperatures ``T_k`` (old names ``lam1, lam2, T1, T2``:
+        deprecated).
     coupling : array_like in [0, inf], optional
         Elastic coupling ``delta``; required for ``"joint"``, must be omitted otherwise.
     sigma1, sigma2 : array_like, >= 0
@@ -591,9 +646,15 @@ def target_error(setting, *, nu1, nu2, alpha, g1, g2, lam1, lam2, T1, T2, coupli
     ConvergenceError
         A scalar root finder failed (names the first failing point).
     """
-    kw = dict(nu1=nu1, nu2=nu2, alpha=alpha, g1=g1, g2=g2, lam1=lam1, lam2=lam2, T1=T1, T2=T2,
-              coupling=coupling, sigma1=sigma1, sigma2=sigma2)
-    return _run(setting, kw)
+    unknown = set(old_names) - set(DEPRECATED_NAMES)
+    if unknown:
+        raise TypeError(f"target_error() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    labels = {}
+    kw = _renamed(dict(nu1=nu1, nu2=nu2, alpha=alpha, g1=g1, g2=g2, weight_decay1=weight_decay1,
+                       weight_decay2=weight_decay2, temperature1=temperature1, temperature2=temperature2,
+                       coupling=coupling, sigma1=sigma1, sigma2=sigma2, **old_names), "target_error", labels)
+    _missing(kw, PARAMETERS, "target_error()")
+    return _run(setting, kw, labels=labels)
 
 
 def target_scalars(setting, **kw):
@@ -604,11 +665,12 @@ def target_scalars(setting, **kw):
     Same keywords as :func:`target_error`; returns a tuple of arrays of the broadcast shape.
     """
     full = dict(coupling=None, sigma1=0.0, sigma2=0.0)
-    full.update(kw)
+    labels = {}
+    full.update(_renamed(kw, "target_scalars", labels))
     missing = [k for k in PARAMETERS if k not in full]
     if missing:
         raise ValueError(f"missing parameters: {missing}")
-    shape, out = _run(setting, full, full=True)
+    shape, out = _run(setting, full, full=True, labels=labels)
     return tuple(_shape_out(out[:, j].copy(), shape) for j in range(4))
 
 
@@ -616,6 +678,7 @@ def transfer_gain(setting, **kw):
     """Scratch error minus transfer error (positive = positive transfer); keywords of :func:`target_error`."""
     if setting == "scratch":
         raise ValueError("setting must be 'finetune' or 'joint' for a transfer gain")
+    kw = _renamed(kw, "transfer_gain")
     kw_s = dict(kw)
     kw_s["coupling"] = None
     return target_error("scratch", **kw_s) - target_error(setting, **kw)
@@ -667,16 +730,118 @@ class PhaseDiagram:
         return plot_phase_diagram(self, path=path, ax=ax, xscale=xscale, yscale=yscale, title=title)
 
 
+@dataclass
+class LearningCurves:
+    """Target test error against ``nu2`` for the three settings, one panel per strength ``g``.
+
+    Built by :func:`learning_curves`, drawn by :func:`symtransfer.plotting.plot_learning_curves`.
+
+    Attributes
+    ----------
+    nu2 : ndarray
+        Target samples per dimension, shape ``(n,)``.
+    gammas : tuple of float
+        The panel values of ``g`` (``gamma = g/sqrt(P)``).
+    gamma_applies_to : str
+        ``"both"``, ``"g1"`` or ``"g2"``: which strength the panel value sets.
+    coupling : float
+        ``delta`` of the jointly rich curves.
+    curves : list of list of dict
+        ``curves[k]`` are panel ``k``'s curves, each ``{"setting", "alpha", "error"}`` (``alpha`` is
+        ``None`` for scratch, which does not depend on it; ``error`` has shape ``(n,)``).
+    params : dict
+        The fixed values of the other parameters.
+    """
+
+    nu2: np.ndarray
+    gammas: tuple
+    gamma_applies_to: str
+    coupling: float
+    curves: list
+    params: dict = field(default_factory=dict)
+
+    def plot(self, path=None, *, logy=True):
+        """Plot with :func:`symtransfer.plotting.plot_learning_curves`; returns the figure."""
+        from ..plotting import plot_learning_curves
+
+        return plot_learning_curves(self, path=path, logy=logy)
+
+
+def learning_curves(nu2_values, *, alphas=(0.0, 0.5, 1.0), gammas=(0.5, 2.0), coupling=1.0,
+                    settings=SETTINGS, gamma_applies_to="both", **params) -> LearningCurves:
+    """Target test error (noiseless teacher), eq. (6.9), against ``nu2`` for each setting and alignment.
+
+    Parameters
+    ----------
+    nu2_values : array_like
+        Target samples per dimension (1-D, at least 2 values).
+    alphas : sequence of float
+        Task alignments (one curve per alignment and transfer setting).
+    gammas : sequence of float
+        Values of the scaled strength ``g`` (``gamma = g/sqrt(P)``), one panel each.
+    coupling : float
+        ``delta`` of the jointly rich setting.
+    settings : sequence of str
+        Subset of ``("scratch", "finetune", "joint")``.
+    gamma_applies_to : {"both", "g1", "g2"}
+        Which strength the panel value sets; the other comes from ``params``.
+    **params
+        The remaining parameters of :func:`target_error` (``nu1, weight_decay1, weight_decay2,
+        temperature1, temperature2, sigma1, sigma2`` and, if not set by ``gamma_applies_to``, ``g1``/``g2``);
+        missing ones take :data:`DEFAULT_PARAMETERS`.
+
+    Returns
+    -------
+    LearningCurves
+    """
+    nu2 = np.asarray(nu2_values, dtype=np.float64)
+    if nu2.ndim != 1 or nu2.size < 2:
+        raise ValueError("nu2_values must be a 1-D array with at least 2 values")
+    if gamma_applies_to not in ("both", "g1", "g2"):
+        raise ValueError(f"gamma_applies_to must be 'both', 'g1' or 'g2', got {gamma_applies_to!r}")
+    bad = [s for s in settings if s not in SETTINGS]
+    if bad:
+        raise ValueError(f"settings must be among {SETTINGS}, got {bad}")
+    params = _renamed(params, "learning_curves")
+    unknown = set(params) - (set(PARAMETERS) - {"nu2", "alpha", "coupling"})
+    if unknown:
+        raise ValueError(f"unknown or axis parameters {sorted(unknown)} in params")
+    gammas, alphas = tuple(gammas), tuple(alphas)
+    if not gammas or not alphas:
+        raise ValueError("alphas and gammas must be non-empty")
+    base = {k: v for k, v in DEFAULT_PARAMETERS.items() if k not in ("nu2", "alpha", "coupling")}
+    base.update(params)
+    panels = []
+    for g in gammas:
+        p = dict(base)
+        if gamma_applies_to in ("both", "g1"):
+            p["g1"] = g
+        if gamma_applies_to in ("both", "g2"):
+            p["g2"] = g
+        curves = []
+        if "scratch" in settings:
+            curves.append({"setting": "scratch", "alpha": None,
+                           "error": target_error("scratch", nu2=nu2, alpha=0.0, **p)})
+        for a in alphas:
+            for s in settings:
+                if s != "scratch":
+                    curves.append({"setting": s, "alpha": a, "error": target_error(
+                        s, nu2=nu2, alpha=a, coupling=coupling if s == "joint" else None, **p)})
+        panels.append(curves)
+    return LearningCurves(nu2=nu2, gammas=gammas, gamma_applies_to=gamma_applies_to, coupling=coupling,
+                          curves=panels, params=base)
+
+
 _DEFAULT_AXES = {
     "alpha": lambda n: np.linspace(0.0, 1.0, n),
     "nu1": lambda n: np.geomspace(0.1, 10.0, n),
     "nu2": lambda n: np.geomspace(0.1, 10.0, n),
     "g1": lambda n: np.linspace(0.0, 5.0, n),
     "g2": lambda n: np.linspace(0.0, 5.0, n),
-    "lam1": lambda n: np.geomspace(0.01, 10.0, n),
-    "lam2": lambda n: np.geomspace(0.01, 10.0, n),
-    "T1": lambda n: np.geomspace(0.01, 10.0, n),
-    "T2": lambda n: np.geomspace(0.01, 10.0, n),
+    "weight_decay1": lambda n: np.geomspace(0.01, 10.0, n),
+    "weight_decay2": lambda n: np.geomspace(0.01, 10.0, n),
+    "temperature1": lambda n: np.geomspace(0.01, 10.0, n),
+    "temperature2": lambda n: np.geomspace(0.01, 10.0, n),
     "coupling": lambda n: np.geomspace(0.01, 100.0, n),
     "sigma1": lambda n: np.linspace(0.0, 2.0, n),
     "sigma2": lambda n: np.linspace(0.0, 2.0, n),
@@ -701,7 +866,8 @@ def phase_diagram(x="alpha", y="nu2", *, x_values=None, y_values=None, n=100, se
     Parameters
     ----------
     x, y : str
-        Names of the two parameters on the axes (any of :data:`PARAMETERS`, distinct).
+        Names of the two parameters on the axes (any of :data:`PARAMETERS`, distinct; the old names
+        ``lam1, lam2, T1, T2`` are accepted with a ``DeprecationWarning``).
     x_values, y_values : array_like, optional
         Grid values (1-D, strictly monotone); defaults to ``n`` points of a standard range
         (``alpha`` in [0, 1], ``nu`` log-spaced in [0.1, 10], ...).
@@ -719,6 +885,16 @@ def phase_diagram(x="alpha", y="nu2", *, x_values=None, y_values=None, n=100, se
     """
     if setting not in ("finetune", "joint"):
         raise ValueError(f"setting must be 'finetune' or 'joint', got {setting!r}")
+    labels = {}
+    params = _renamed(params, "phase_diagram", labels)
+    axes = {"x": x, "y": y}
+    for old, new in DEPRECATED_NAMES.items():
+        for key in ("x", "y"):
+            if axes[key] == old:
+                warnings.warn(f"phase_diagram: {key}={old!r} is the old name of {new!r}; it will be removed",
+                              DeprecationWarning, stacklevel=2)
+                axes[key] = new
+    x, y = axes["x"], axes["y"]
     for name, val in (("x", x), ("y", y)):
         if val not in PARAMETERS:
             raise ValueError(f"{name} must be one of {PARAMETERS}, got {val!r}")
@@ -758,7 +934,7 @@ def phase_diagram(x="alpha", y="nu2", *, x_values=None, y_values=None, n=100, se
     code = _SETTING_CODE[setting]
     if setting == "finetune":
         full["coupling"] = np.inf
-    shape, flat = _broadcast({k: full[k] for k in PARAMETERS})
+    shape, flat = _broadcast({k: full[k] for k in PARAMETERS}, labels)
     npts = int(np.prod(shape, dtype=np.int64))
     out = np.empty((npts, 2))
     status = np.zeros(npts, dtype=np.int64)

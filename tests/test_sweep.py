@@ -13,16 +13,15 @@ import time
 import numpy as np
 import pytest
 
+from symtransfer.cli.sweep import load_sweep_config, sweep_cli
 from symtransfer.sweep import (
     evaluate_point,
     expand_config,
     load_failures,
     load_results,
-    load_sweep_config,
     normalise_point,
     point_key,
     run_sweep,
-    sweep_cli,
 )
 from symtransfer.tasks import make_transfer_pair
 from symtransfer.theory.linear import LinearTheory
@@ -197,7 +196,7 @@ def test_sigkilled_sweep_resumes_with_every_point_exactly_once(tmp_path, monkeyp
     log = tmp_path / "calls.log"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
                SWEEP_TEST_LOG=str(log), SWEEP_TEST_RUN="1")
-    code = f"from symtransfer.sweep import sweep_cli; sweep_cli({str(cfg)!r}, progress=False, allow_code=True)"
+    code = f"from symtransfer.cli.sweep import sweep_cli; sweep_cli({str(cfg)!r}, progress=False, allow_code=True)"
     proc = subprocess.Popen([sys.executable, "-c", code], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     n_total = 9 * 3

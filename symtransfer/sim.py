@@ -390,7 +390,9 @@ class WideNetwork(TransferEstimator):
     a_ : ndarray (N,)
         Readout weights after training.
     Phi_ : ndarray (P, P)
-        Feature kernel ``phi(h)^T phi(h) / N`` of the final hidden weights on the training inputs.
+        Feature kernel ``phi(h)^T phi(h) / N`` of the final hidden weights on the training inputs,
+        computed on first access (``O(N P (D + P))`` time, ``P^2`` memory: large-``P`` runs that never
+        read it do not pay for it).
     history_ : dict of ndarray
         ``"time"`` (``step * lr``), ``"train_loss"``, ``"test_loss"`` (empty without ``eval_set``) and
         ``"step"``; losses are mean squared errors over the full sets.
@@ -430,6 +432,8 @@ class WideNetwork(TransferEstimator):
         self.progress = progress
 
     _regime = "dynamics"
+    # set when a run has finished or paused (not while one is in flight, nor after a divergence)
+    _fitted_attr = "_X_fit"
 
     # ------------------------------------------------------------------ validation
     def _validated(self):
@@ -563,7 +567,8 @@ class WideNetwork(TransferEstimator):
         return theta
 
     def _train(self, p, X, y, W, a, Wref, eval_set, *, readout_only, delta):
-        self.__dict__.pop("Phi_", None)  # fitted again only once this run has finished or paused
+        for k in ("_X_fit", "_Phi"):  # fitted again only once this run has finished or paused
+            self.__dict__.pop(k, None)
         if eval_set is not None:
             Xe, ye = self._check_eval_set(eval_set, X.shape[1])
         P, D = X.shape
@@ -724,7 +729,8 @@ class WideNetwork(TransferEstimator):
                              for k, v in run["hist"].items()}
         # reached only when no step diverged: the state, finished or paused, is a network
         self.converged_ = self.n_iter_ == steps
-        self.Phi_ = self._feature_kernel(run["X"], None)
+        self.__dict__.pop("_Phi", None)
+        self._X_fit = run["X"]
         if interrupted and self.n_iter_ < steps:
             raise KeyboardInterrupt(
                 f"WideNetwork interrupted at step {self.n_iter_} of {steps}; the state so far is kept: "
@@ -755,6 +761,15 @@ class WideNetwork(TransferEstimator):
             return float(np.mean((f - y) ** 2))
 
     # ------------------------------------------------------------------ inference
+    @property
+    def Phi_(self) -> np.ndarray:
+        """Feature kernel of the current hidden weights on the training inputs (computed once)."""
+        Phi = self.__dict__.get("_Phi")
+        if Phi is None:
+            self._check_fitted()
+            Phi = self._Phi = self._feature_kernel(self._X_fit, None)
+        return Phi
+
     def predict(self, X, average=None) -> np.ndarray:
         """Network output on ``X``.
 

@@ -1,7 +1,8 @@
 """The built-in end-to-end example behind ``symtransfer demo``.
 
 A linear-activation network is pretrained on a source task, then trained on an aligned target task
-from scratch, by readout fine-tuning and with an elastic coupling. Each setting is simulated at
+from scratch, by readout fine-tuning and with an elastic coupling (:mod:`symtransfer.protocol`: the
+scratch network is a fresh one, seed ``seed + 7919``). Each setting is simulated at
 finite width (time-averaged Langevin, ``T = lambda = 1``) and solved exactly by the linear theory;
 the table puts the two side by side. One more row shows feature learning with a nonlinear
 activation: a ``tanh`` network on the source task against the adaptive-kernel theory
@@ -15,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .protocol import fit_source, protocol_coupling, run_protocols
 from .sim import WideNetwork
 from .tasks import make_transfer_pair
 from .theory.linear import LinearTheory
@@ -53,8 +55,9 @@ def run_demo(*, dim=20, n_source=60, n_target=20, n_test=200, alpha=0.9, gamma=1
     hyper = dict(gamma=gamma, weight_decay=1.0, temperature=1.0)
     sim_kw = dict(activation="linear", lr=lr, steps=steps, average_from=0.25, progress=progress, **hyper)
 
-    theory_src = LinearTheory(**hyper).fit(src.X_train, src.y_train)
-    net_src = WideNetwork(width, seed=seed, **sim_kw).fit(src.X_train, src.y_train)
+    theory, network = LinearTheory(**hyper), WideNetwork(width, **sim_kw)
+    theory_src = fit_source(theory, src.X_train, src.y_train, seed=seed)
+    net_src = fit_source(network, src.X_train, src.y_train, seed=seed)
 
     def row(name, delta, th, net, Xt, yt):
         ft, fs = th.predict(Xt), net.predict(Xt)
@@ -62,12 +65,12 @@ def run_demo(*, dim=20, n_source=60, n_target=20, n_test=200, alpha=0.9, gamma=1
                        float(np.sqrt(np.mean((fs - ft) ** 2))))
 
     rows = [row("source", math.nan, theory_src, net_src, src.X_test, src.y_test_clean)]
-    settings = [("scratch", 0.0), ("finetune", math.inf), ("joint", coupling)]
-    for name, delta in settings:
-        th = theory_src.transfer(tgt.X_train, tgt.y_train, coupling=delta, **hyper)
-        net = net_src.transfer(tgt.X_train, tgt.y_train, coupling=None if math.isinf(delta) else delta,
-                               readout_only=math.isinf(delta), **hyper)
-        rows.append(row(name, delta, th, net, tgt.X_test, tgt.y_test_clean))
+    # the three settings by the one protocol implementation (scratch: a fresh model, seed + 7919)
+    target = (tgt.X_train, tgt.y_train)
+    th, net = (run_protocols(m, None, target, couplings=[coupling], target_params=hyper, seed=seed, source_model=s)
+               for m, s in ((theory, theory_src), (network, net_src)))
+    for name, key in (("scratch", "scratch"), ("finetune", "finetune"), ("joint", ("joint", coupling))):
+        rows.append(row(name, protocol_coupling(name, coupling), th[key], net[key], tgt.X_test, tgt.y_test_clean))
     scratch = rows[1]
     for r in rows[1:]:
         r.theory_gain = scratch.theory_error - r.theory_error

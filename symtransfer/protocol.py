@@ -205,7 +205,7 @@ def run_protocols(model, source, target, *, protocols=PROTOCOLS, couplings=(1.0,
         ``model`` with ``seed``, the scratch model ``model`` with the target settings and
         :func:`scratch_seed` ``(seed)``.
     source, target : tuple (X, y)
-        Source and target training sets.
+        Source and target training sets (``source`` may be ``None`` with ``source_model``).
     protocols : iterable of {"scratch", "finetune", "joint"}
     couplings : float or iterable of float
         Finite ``delta >= 0`` of the joint rows.
@@ -235,14 +235,19 @@ def run_protocols(model, source, target, *, protocols=PROTOCOLS, couplings=(1.0,
         couplings = [couplings]
     couplings = [protocol_coupling("joint", c) for c in couplings]
     seed = check_int("seed", seed, low=0)
-    (X1, y1), (X2, y2) = source, target
+    X2, y2 = target
     out = {}
     if "scratch" in protocols:
         out["scratch"] = fit_scratch(model, X2, y2, seed=seed, target_params=target_params, eval_set=eval_set,
                                      fit_params=scratch_fit_params)
     if {"finetune", "joint"} & set(protocols):
-        src = source_model if source_model is not None else fit_source(model, X1, y1, seed=seed,
-                                                                        fit_params=source_fit_params)
+        if source_model is not None:
+            src = source_model
+        elif source is None:
+            raise ValueError("run_protocols needs the source data (X1, y1) or a fitted source_model for "
+                             "the finetune and joint settings")
+        else:
+            src = fit_source(model, source[0], source[1], seed=seed, fit_params=source_fit_params)
         out["source"] = src
         common = dict(target_params=target_params, eval_set=eval_set, transfer_params=transfer_params)
         if "finetune" in protocols:

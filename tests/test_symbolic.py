@@ -1,5 +1,6 @@
 """Symbolic engine: equations from differentiating the action, reduced linear forms, limits, LaTeX,
-compiled solvers against the exact linear theory, and a brand-new activation end to end."""
+the derived equations solved by a test oracle (tests/_symbolic_oracle.py) against the exact linear
+theory, and a brand-new activation end to end."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import sympy as sp
 
 from symtransfer.activations import Activation
 from symtransfer.errors import NoSaddlePointError
-from symtransfer.symbolic import Average, Expectation, _mdiff, _Sym, derive, derive_cli
+from _symbolic_oracle import compile_oracle
+from symtransfer.cli.derive import derive_cli
+from symtransfer.symbolic import Average, Expectation, _mdiff, _Sym, derive
 
 S = _Sym
 
@@ -115,7 +118,7 @@ def test_compiled_linear_single_reproduces_linear_theory(single_linear, data):
     from symtransfer.theory.linear import LinearTheory
 
     X1, y1, _, _, Xt = data
-    solver = single_linear.compile()
+    solver = compile_oracle(single_linear)
     for gamma in (0.0, 0.6, 2.5):
         sol = solver.solve(X1, y1, gamma=gamma, weight_decay=0.7, temperature=1.3)
         ref = LinearTheory(gamma=gamma, weight_decay=0.7, temperature=1.3).fit(X1, y1)
@@ -134,26 +137,26 @@ def test_compiled_linear_transfer_reproduces_linear_theory(joint_linear, data):
     src = dict(gamma=1.0, weight_decay=0.7, temperature=1.3)
     tgt = dict(gamma=1.5, weight_decay=0.9, temperature=1.1)
     source = LinearTheory(**src).fit(X1, y1)
-    joint = joint_linear.compile()
+    joint = compile_oracle(joint_linear)
     for delta in (0.0, 0.7, float("inf")):
         sol = joint.solve_transfer(X1, y1, X2, y2, source=src, coupling=delta, **tgt)
         ref = source.transfer(X2, y2, coupling=delta, **tgt)
         assert (sol.A, sol.M, sol.t) == pytest.approx((ref.A_, ref.M_, ref.t_), rel=1e-10, abs=1e-12)
         np.testing.assert_allclose(sol.v, ref.v_, rtol=0, atol=1e-10)
         np.testing.assert_allclose(sol.predict(Xt), ref.predict(Xt), rtol=0, atol=1e-10)
-    finetune = derive("finetune", "linear").compile().solve_transfer(X1, y1, X2, y2, source=src, **tgt)
+    finetune = compile_oracle(derive("finetune", "linear")).solve_transfer(X1, y1, X2, y2, source=src, **tgt)
     ref = source.transfer(X2, y2, coupling=float("inf"), **tgt)
     np.testing.assert_allclose(finetune.predict(Xt), ref.predict(Xt), rtol=0, atol=1e-10)
     # delta = 0 forgets the source: the single-task solution on the target
     scratch = joint.solve_transfer(X1, y1, X2, y2, source=src, coupling=0.0, **tgt)
-    alone = derive("single", "linear").compile().solve(X2, y2, **tgt)
+    alone = compile_oracle(derive("single", "linear")).solve(X2, y2, **tgt)
     np.testing.assert_allclose(scratch.predict(Xt), alone.predict(Xt), rtol=0, atol=1e-10)
 
 
 def test_compiled_nonlinear_lazy_limit_is_exact_kernel_ridge(data):
     X1, y1, _, _, Xt = data
     act = Activation("tanh")
-    sol = derive("single", act).compile().solve(X1, y1, gamma=0.0, weight_decay=0.5, temperature=1.5,
+    sol = compile_oracle(derive("single", act)).solve(X1, y1, gamma=0.0, weight_decay=0.5, temperature=1.5,
                                                   n_samples=2000)
     s2 = 3.0
     D = X1.shape[1]
@@ -163,6 +166,21 @@ def test_compiled_nonlinear_lazy_limit_is_exact_kernel_ridge(data):
 
     ref = nngp(Xt, X1) @ np.linalg.solve(nngp(X1, X1) + 0.5 * np.eye(len(y1)), y1)
     np.testing.assert_allclose(sol.predict(Xt), ref, rtol=0, atol=1e-12)
+
+
+def test_the_system_names_its_solver_and_scratch_is_canonical(data):
+    from symtransfer.theory.adaptive import AdaptiveKernel
+    from symtransfer.theory.linear import LinearTheory
+
+    X1, y1, _, _, Xt = data
+    assert derive("single", "linear").setting == derive("scratch", "linear").setting == "scratch"
+    est = derive("scratch", "linear").estimator(gamma=0.6, weight_decay=0.7, temperature=1.3)
+    assert isinstance(est, LinearTheory) and est.get_params()["gamma"] == 0.6
+    ref = compile_oracle(derive("scratch", "linear")).solve(X1, y1, gamma=0.6, weight_decay=0.7, temperature=1.3)
+    np.testing.assert_allclose(est.fit(X1, y1).predict(Xt), ref.predict(Xt), rtol=0, atol=1e-10)
+    ak = derive("joint", "tanh").estimator(gamma=1.0)
+    assert isinstance(ak, AdaptiveKernel) and ak.activation.name == "tanh"
+    assert not hasattr(derive("scratch", "linear"), "compile")
 
 
 def test_superlinear_activation_has_no_saddle_point():
@@ -181,7 +199,7 @@ def test_bad_arguments_are_rejected(single_linear, data):
     with pytest.raises(ValueError, match="setting"):
         derive("bogus", "relu")
     with pytest.raises(ValueError, match="gamma"):
-        single_linear.compile().solve(X1, y1, gamma=-1.0)
+        compile_oracle(single_linear).solve(X1, y1, gamma=-1.0)
     with pytest.raises(ValueError, match="rejected"):
         derive("single", "__import__('os').system('echo hi')")
 
@@ -257,14 +275,14 @@ def test_brand_new_activation_end_to_end():
     Xt = rng.standard_normal((6, 4))
     system = derive("single", spec)
     assert system.activation.growth == "bounded" and system.dual_kernel is None
-    sol = system.compile().solve(X, y, gamma=1.0, weight_decay=1.0, temperature=1.0, n_samples=40000)
+    sol = compile_oracle(system).solve(X, y, gamma=1.0, weight_decay=1.0, temperature=1.0, n_samples=40000)
     ak = AdaptiveKernel(activation=spec, gamma=1.0, weight_decay=1.0, temperature=1.0, seed=0).fit(X, y)
     net = sim.WideNetwork(2000, activation=spec, gamma=1.0, weight_decay=1.0, temperature=1.0, steps=4000,
                           average_from=0.25, seed=0, progress=False).fit(X, y)
     f_sym, f_ak, f_net = sol.predict(Xt), ak.predict(Xt), net.predict(Xt)
     assert np.max(np.abs(f_sym - f_ak)) < 0.015
     assert np.max(np.abs(f_net - f_ak)) < 0.015
-    lazy = system.compile().solve(X, y, gamma=0.0, weight_decay=1.0, temperature=1.0)
+    lazy = compile_oracle(system).solve(X, y, gamma=0.0, weight_decay=1.0, temperature=1.0)
     assert np.max(np.abs(f_ak - lazy.predict(Xt))) > 0.025
     assert np.max(np.abs(f_net - lazy.predict(Xt))) > 0.025
 

@@ -17,8 +17,7 @@ def derive_cli(activation: str, setting: str, latex: str | None = None, markdown
     Returns the text to print: the Markdown document with ``markdown=True``, a confirmation line after
     writing the LaTeX document to ``latex``, and otherwise the plain-text document.
     """
-    from ..symbolic import SETTINGS, derive
-    from ..symbolic import _canonical_setting as canonical_setting
+    from ..symbolic import SETTINGS, canonical_setting, derive
 
     if latex is not None and markdown:
         raise ValueError("--latex and --markdown are mutually exclusive")

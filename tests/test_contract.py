@@ -227,3 +227,30 @@ def test_stochastic_targets_are_reproducible_from_the_seed(name):
     a = src.transfer(X2, Y2, coupling=1.0, seed=7)
     b = src.transfer(X2, Y2, coupling=1.0, seed=7)
     np.testing.assert_array_equal(a.predict(XT), b.predict(XT))
+
+
+# ------------------------------------------------------------------------------ model-specific spellings
+def test_population_eval_set_is_the_X_eval_spelling():
+    common = dict(**_HYPER, population=40, t_max=0.5, early_stop=False, n_records=5, seed=0)
+    a = GradientFlowDMFT("tanh", **common).fit(X1, Y1, eval_set=(XT, YT))
+    b = GradientFlowDMFT("tanh", **common).fit(X1, Y1, XT, y_eval=YT)
+    for k in ("time", "train_loss", "test_loss"):
+        np.testing.assert_array_equal(a.history_[k], b.history_[k])
+    np.testing.assert_array_equal(a.history_["eval_loss"], a.history_["test_loss"])  # deprecated alias
+    with pytest.raises(ValueError, match="either as eval_set"):
+        GradientFlowDMFT("tanh", **common).fit(X1, Y1, XT, eval_set=(XT, YT))
+    ta = a.transfer(X2, Y2, coupling=1.0, eval_set=(XT, YT))
+    tb = a.transfer(X2, Y2, XT, coupling=1.0, y2_eval=YT)
+    np.testing.assert_array_equal(ta.history_["test_loss"], tb.history_["test_loss"])
+    np.testing.assert_array_equal(ta.predict(XT), tb.predict(XT))
+    with pytest.raises(ValueError, match=r"readout_only=True .*coupling=0\.5"):
+        a.transfer(X2, Y2, mode="readout", coupling=0.5)
+    with pytest.raises(ValueError, match="contradicts"):
+        a.transfer(X2, Y2, mode="joint", readout_only=True)
+
+
+def test_linear_feature_is_a_deprecated_alias():
+    model = _fitted("LinearTheory")
+    with pytest.warns(DeprecationWarning, match="use features"):
+        g = model.feature(XT)
+    np.testing.assert_array_equal(g, model.features(XT))

@@ -446,3 +446,63 @@ def test_committed_gf_figures_agree_with_networks(name):
     assert sims
     for r in sims:
         assert abs(r["paired_diff"]) <= 3 * r["sem"] + 0.08, r
+
+
+_FLAKY_MODULE = '''
+import os
+
+def evaluate(params):
+    if params["x"] == 1 and not os.environ.get("H14_FIXED"):
+        raise RuntimeError("point x=1 fails (test)")
+    return {"test_error_joint": 0.1 * params["x"]}
+'''
+
+
+def test_figures_and_sweeps_share_one_store_and_one_failure_policy(tmp_path, monkeypatch):
+    """Both run through symtransfer.sweep.run_points: the same tables, a failing point (any
+    Exception, here a RuntimeError) recorded in ``failures``, left out, retried by the next run."""
+    from symtransfer.sweep import load_failures, load_results, run_sweep
+
+    name = "polynomial-data"
+    original = F.EXPERIMENTS[name]
+    bad = {"fixed": False}
+
+    def evaluate(p):  # stands in for the theory and the simulations: the test is about the store
+        if (not bad["fixed"] and p["method"] == "simulation" and p["setting"] == "joint" and p["alpha"] == 1.0
+                and p["n_target"] == 4 and p["seed"] == 1):
+            raise RuntimeError("point fails (test)")
+        return {"test_error": 0.25}
+
+    monkeypatch.setitem(F.EXPERIMENTS, name, dataclasses.replace(original, evaluate=evaluate, plot=_tiny_plot))
+    run = F.run_experiment(name, tmp_path / "fig", fast=True, progress=False)
+
+    (tmp_path / "flaky_h14.py").write_text(_FLAKY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("H14_FIXED", raising=False)
+    cfg = {"methods": ["flaky_h14:evaluate"], "grid": {"x": [0, 1, 2]}}
+    sdb = tmp_path / "sweep.db"
+    rep = run_sweep(cfg, sdb, workers=1, progress=False, allow_code=True)
+
+    def schema(db):
+        with sqlite3.connect(db) as con:
+            tables = sorted(r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+            return {t: [r[1:3] for r in con.execute(f"PRAGMA table_info({t})")] for t in tables}
+
+    assert schema(run.db) == schema(sdb) and {"points", "failures", "claims", "meta"} <= set(schema(sdb))
+    # one failure policy: the point is recorded with its error, the others are stored, the run goes on
+    for failures, db, n_ok in ((run.failures, run.db, run.n_points - 1), (rep.failures, sdb, 2)):
+        assert len(failures) == 1 and failures[0][1].startswith("RuntimeError: point")
+        f = load_failures(db)
+        assert len(f) == 1 and "RuntimeError" in f["traceback"][0]
+        assert len(load_results(db)) == n_ok
+    assert run.n_computed == run.n_points - 1 and rep.n_computed == 2
+    row = _one(run.rows, panel="alpha=1", method="simulation", setting="joint", x=4)
+    assert row["n_seeds"] == 1 and row["mean"] == 0.25  # left out of the average
+    # ... and retried by the next run, which computes only it
+    bad["fixed"] = True
+    monkeypatch.setenv("H14_FIXED", "1")
+    run2 = F.run_experiment(name, tmp_path / "fig", fast=True, progress=False)
+    rep2 = run_sweep(cfg, sdb, workers=1, progress=False, allow_code=True)
+    assert (run2.n_already_done, run2.n_computed, run2.failures) == (run.n_points - 1, 1, [])
+    assert (rep2.n_already_done, rep2.n_computed, rep2.failures) == (2, 1, [])
+    assert len(load_failures(run.db)) == len(load_failures(sdb)) == 0

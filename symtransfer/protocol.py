@@ -20,9 +20,7 @@ demo and the built-in sweep methods (through ``compare_transfer``); the pieces
 :func:`fit_source`, :func:`fit_scratch` and :func:`transfer_setting` are public so that a caller
 caching a fitted source across many targets (the figures) runs the same code.
 
-Seed convention
----------------
-One integer ``seed`` names a replicate. Its three models draw from disjoint streams:
+**Seed convention.** One integer ``seed`` names a replicate. Its models draw from disjoint streams:
 
 * the **source** is fitted with ``seed``;
 * a **transfer** from it (fine-tuning and joint) uses :func:`target_seed` ``(seed) = seed + 1``,

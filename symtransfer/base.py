@@ -118,6 +118,10 @@ class TransferEstimator(RegressorMixin, BaseEstimator):
                     "temperature": check_real("temperature", self.temperature, low=0.0)}
         raise TypeError(f"{type(self).__name__}._regime must be 'equilibrium' or 'dynamics'")
 
+    def __sklearn_is_fitted__(self) -> bool:
+        # what sklearn.utils.validation.check_is_fitted(model) asks when given no attributes
+        return hasattr(self, self._fitted_attr)
+
     def _check_fitted(self):
         check_is_fitted(self, self._fitted_attr,
                         msg=f"this {type(self).__name__} is not fitted yet: call fit(X, y) first")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
 
 from symtransfer.base import HISTORY_KEYS, TransferEstimator, kernel_alignment
 from symtransfer.sim import WideNetwork
@@ -97,6 +98,9 @@ def test_clone_round_trip_gives_an_unfitted_copy_with_equal_params(name):
     assert copy.get_params(deep=False) == model.get_params(deep=False)
     with pytest.raises(NotFittedError):
         copy.predict(XT)
+    with pytest.raises(NotFittedError):
+        check_is_fitted(copy)
+    check_is_fitted(model)
     fresh = clone(_FACTORIES[name]())
     assert fresh.get_params() == _FACTORIES[name]().get_params()
 

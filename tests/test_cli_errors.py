@@ -119,6 +119,7 @@ def test_unexpected_error_is_one_line_with_exit_3(tmp_path, capsys, monkeypatch)
     ('n = 3\narrays = "no/a.npz"\n', "pd.png", r"arrays .*does not exist"),
     ("n = 3\nbogus = 1\n", "pd.png", r"unknown config keys \['bogus'\]"),
     ("n = 3\n[params]\nT1 = 1e300\n", "pd.png", r"T1 must lie in"),
+    ("n = 3\n[params]\ntemperature1 = 1e300\n", "pd.png", r"error: temperature1 must lie in"),
     ('n = 3\n[params]\ncoupling = "lots"\n', "pd.png", r"params.coupling must be a number"),
 ])
 def test_phase_diagram_bad_config_or_output(tmp_path, capsys, text, out, pattern):

@@ -62,6 +62,45 @@ def test_cli_simulate_writes_json(tmp_path):
         assert math.isfinite(t["test_error"]) and t["test_error"] == pytest.approx(t["history"]["test_loss"][-1])
 
 
+def test_cli_simulate_runs_the_protocol(tmp_path, capsys):
+    """The command trains what symtransfer.protocol trains: scratch is a fresh network (seed + 7919),
+    fine-tuning and joint are the source's transfer (the numbers of a direct WideNetwork.transfer)."""
+    from symtransfer.protocol import scratch_seed
+    from symtransfer.sim import WideNetwork
+
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(
+        "seed = 2\n[task]\ndim = 5\nn_source = 10\nn_target = 6\nn_test = 15\nalpha = 0.7\n"
+        "[network]\nwidth = 16\nactivation = 'linear'\nlr = 0.02\nsteps = 60\n"
+        "[[transfer]]\nname = 's'\nsetting = 'scratch'\ngamma = 0.5\n"
+        "[[transfer]]\nname = 'f'\nsetting = 'finetune'\n"
+        "[[transfer]]\nname = 'j'\ncoupling = 0.5\nsteps = 30\n"
+    )
+    out = tmp_path / "r.json"
+    assert main(["simulate", "--config", str(cfg), "--out", str(out)]) == 0
+    rows = {t["name"]: t for t in json.loads(out.read_text())["transfer"]}
+    assert [(r["setting"], r["coupling"], r["readout_only"]) for r in rows.values()] == [
+        ("scratch", None, False), ("finetune", None, True), ("joint", 0.5, False)]
+    pair = make_transfer_pair(5, 10, 6, 15, 0.7, seed=2)
+    net = dict(width=16, activation="linear", lr=0.02, steps=60, progress=False)
+    src = WideNetwork(seed=2, **net).fit(pair.source.X_train, pair.source.y_train)
+    X2, y2, Xt, yt = pair.target.X_train, pair.target.y_train, pair.target.X_test, pair.target.y_test_clean
+
+    def err(m):
+        return float(np.mean((m.predict(Xt) - yt) ** 2))
+
+    scratch = WideNetwork(seed=scratch_seed(2), **{**net, "gamma": 0.5}).fit(X2, y2)
+    assert rows["s"]["test_error"] == pytest.approx(err(scratch), rel=1e-12)
+    assert rows["f"]["test_error"] == pytest.approx(err(src.transfer(X2, y2, readout_only=True)), rel=1e-12)
+    assert rows["j"]["test_error"] == pytest.approx(err(src.transfer(X2, y2, coupling=0.5, steps=30)), rel=1e-12)
+    for text, pattern in (("setting = 'scratch'\ncoupling = 1.0\n", "takes no coupling"),
+                          ("setting = 'finetune'\ncoupling = 1.0\n", "coupling = inf"),
+                          ("setting = 'joint'\n", "needs coupling"), ("setting = 'lazy'\n", "setting must be")):
+        cfg.write_text("[network]\nwidth = 8\n[[transfer]]\n" + text)
+        assert main(["simulate", "--config", str(cfg)]) == 2
+        assert pattern in capsys.readouterr().err
+
+
 def test_cli_reports_bad_config(tmp_path, capsys):
     cfg = tmp_path / "bad.json"
     cfg.write_text(json.dumps({"network": {"width": 0}}))

@@ -1,15 +1,19 @@
 """``symtransfer simulate --config FILE [--out JSON]``: wide-network simulations from a config.
 
 Pretrains a :class:`~symtransfer.sim.WideNetwork` on the source task and runs every listed transfer
-(docs/cli.md). The scratch / fine-tune / joint protocol is written here on ``WideNetwork.transfer``
-directly: the config names each transfer's own hyper-parameters.
+(docs/cli.md). Each transfer runs through :mod:`symtransfer.protocol` -- ``setting = "scratch"`` is
+:func:`~symtransfer.protocol.fit_scratch` (a fresh network, seed + 7919), ``readout_only`` or an
+infinite coupling the ``"finetune"`` and a finite coupling the ``"joint"`` setting of
+:func:`~symtransfer.protocol.transfer_setting` -- so the command and the library train the same
+models.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 
-from .._validation import check_int, check_output_file
+from .._validation import check_int, check_output_file, check_real
 from ._common import json_text, load_config, write_text_or_stdout
 
 __all__ = ["simulate_from_config", "add_parser", "run"]
@@ -22,17 +26,19 @@ EPILOG = """config keys (TOML, or JSON for a .json file):
   [network]                     width (512), activation ("relu"), gamma (1), weight_decay (1),
                                 temperature (0), lr (automatic), steps (2000), batch_size (full),
                                 init_scale (1), average_from, max_snapshots (200), log_every
-  [[transfer]]                  any number: name, coupling (required unless readout_only),
-                                readout_only (false), gamma, weight_decay, temperature, lr, steps,
-                                batch_size, average_from
+  [[transfer]]                  any number: name, setting ("scratch": a fresh network on the target;
+                                "finetune"; "joint"), coupling (required for joint, the default
+                                without setting and readout_only), readout_only (false), gamma,
+                                weight_decay, temperature, lr, steps, batch_size, average_from
 example: examples/simulate.toml"""
 
 _TASK_KEYS = {"dim", "n_source", "n_target", "n_test", "alpha", "teacher", "target_teacher", "noise_source",
               "noise_target"}
 _NET_KEYS = {"width", "activation", "gamma", "weight_decay", "temperature", "lr", "steps", "batch_size",
              "init_scale", "average_from", "max_snapshots", "log_every"}
-_TRANSFER_KEYS = {"name", "gamma", "weight_decay", "temperature", "coupling", "readout_only", "lr", "steps",
-                  "batch_size", "average_from"}
+_TRANSFER_KEYS = {"name", "setting", "gamma", "weight_decay", "temperature", "coupling", "readout_only", "lr",
+                  "steps", "batch_size", "average_from"}
+_HYPER = ("gamma", "weight_decay", "temperature")
 
 
 def _only(section: dict, allowed: set, where: str) -> dict:
@@ -83,14 +89,23 @@ def _checked_simulate_config(config: dict):
         readout_only = kw.get("readout_only", False)
         if not isinstance(readout_only, bool):
             raise ValueError(f"transfer[{i}].readout_only must be true or false, got {readout_only!r}")
-        if not readout_only:
+        setting = kw.get("setting")
+        if setting is not None and setting not in ("scratch", "finetune", "joint"):
+            raise ValueError(f"transfer[{i}].setting must be 'scratch', 'finetune' or 'joint', got {setting!r}")
+        if setting == "scratch" and ("coupling" in kw or readout_only):
+            raise ValueError(f"transfer[{i}]: setting 'scratch' trains a fresh network on the target; it takes "
+                             "no coupling or readout_only")
+        if setting == "finetune" and "coupling" in kw:
+            raise ValueError(f"transfer[{i}]: setting 'finetune' is coupling = inf; give no coupling")
+        if setting == "joint" and readout_only:
+            raise ValueError(f"transfer[{i}]: setting 'joint' contradicts readout_only = true")
+        if setting in (None, "joint") and not readout_only:
             if "coupling" not in kw:
-                raise ValueError(f"transfer[{i}] needs coupling (>= 0) unless readout_only = true")
-            from .._validation import check_real
-
-            check_real(f"transfer[{i}].coupling", kw["coupling"], low=0.0)
+                raise ValueError(f"transfer[{i}] needs coupling (>= 0) unless readout_only = true or a setting "
+                                 "'scratch' / 'finetune'")
+            check_real(f"transfer[{i}].coupling", kw["coupling"], low=0.0, allow_inf=setting is None)
         params = source.get_params()
-        params.update({k: v for k, v in kw.items() if k not in ("coupling", "readout_only")})
+        params.update({k: v for k, v in kw.items() if k not in ("coupling", "readout_only", "setting")})
         try:
             WideNetwork(**params)._validated()
         except ValueError as exc:
@@ -115,12 +130,20 @@ def simulate_from_config(config: dict, progress: bool = False) -> dict:
         width = 512
         activation = "relu"
         temperature = 1.0
-        [[transfer]]  # any number; WideNetwork.transfer arguments plus a name
+        [[transfer]]  # any number: a name, a setting or coupling, target hyper-parameters
         name = "joint"
         coupling = 1.0
+        [[transfer]]
+        name = "scratch"
+        setting = "scratch"  # a fresh network on the target (seed + 7919, symtransfer.protocol)
+
+    Returns ``{"config", "source", "transfer"}``; every transfer row has ``name``, ``setting``,
+    ``coupling`` (``None`` unless joint), ``readout_only`` (true for fine-tuning), ``test_error``
+    (against the noiseless target teacher), ``lr`` and ``history``.
     """
     import numpy as np
 
+    from ..protocol import fit_scratch, transfer_setting
     from ..sim import WideNetwork
     from ..tasks import make_transfer_pair
 
@@ -136,12 +159,25 @@ def simulate_from_config(config: dict, progress: bool = False) -> dict:
     src = WideNetwork(seed=seed, progress=progress, **net_kw).fit(
         pair.source.X_train, pair.source.y_train, eval_set=(pair.source.X_test, pair.source.y_test_clean))
     results = {"config": config, "source": summary(src, pair.source), "transfer": []}
+    X2, y2 = pair.target.X_train, pair.target.y_train
+    eval_set = (pair.target.X_test, pair.target.y_test_clean)
     for name, kw in transfers:
         kw = dict(kw)
-        tgt = src.transfer(pair.target.X_train, pair.target.y_train,
-                           eval_set=(pair.target.X_test, pair.target.y_test_clean), **kw)
+        setting = kw.pop("setting", None)
+        readout_only = kw.pop("readout_only", False)
+        coupling = kw.pop("coupling", None)
+        hyper = {k: kw.pop(k) for k in _HYPER if k in kw}
+        if setting == "scratch":
+            tgt = fit_scratch(src, X2, y2, seed=seed, target_params={**hyper, **kw}, eval_set=eval_set)
+        else:
+            if setting is None:
+                setting = "finetune" if readout_only or math.isinf(coupling) else "joint"
+            tgt = transfer_setting(src, setting, X2, y2, coupling=coupling if setting == "joint" else None,
+                                   target_params=hyper, eval_set=eval_set, transfer_params=kw)
         row = summary(tgt, pair.target)
-        row.update(name=name, coupling=kw.get("coupling"), readout_only=bool(kw.get("readout_only", False)))
+        # JSON has no infinity: the fine-tuning row says readout_only instead of coupling = inf
+        row.update(name=name, setting=setting, coupling=coupling if setting == "joint" else None,
+                   readout_only=setting == "finetune")
         results["transfer"].append(row)
     return results
 

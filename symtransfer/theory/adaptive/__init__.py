@@ -45,6 +45,7 @@ import numpy as np
 
 from ..._validation import check_int, check_real, check_Xy
 from ...activations import apply_elementwise, get_activation
+from ...base import TransferEstimator
 from ...errors import ConvergenceError, EdgeOfNormalisabilityError, NoSaddlePointError
 from ._draws import _Diverged, _ESSDraw, _asymptotic_slopes
 from ._interior import _solve
@@ -81,6 +82,7 @@ def _public_errors(fit):
 
 
 _LARGE_VARIANCE = 1e2
+_MC_TOL_ROUNDS = 4   # solves at most for one mc_tol request
 
 
 def _rediagnosed(exc, X, s2):
@@ -118,10 +120,18 @@ def _check_scale(X, s2, name="X"):
 
 def _check_common(est):
     act = get_activation(est.activation)
-    gamma = check_real("gamma", est.gamma, low=0.0)
-    lam = check_real("weight_decay", est.weight_decay, low=0.0, low_open=True)
-    T = check_real("temperature", est.temperature, low=0.0, low_open=True)
+    gamma, lam, T = est._check_hyper().values()
     return act, gamma, lam, T
+
+
+def _set_history(model, X, y, eval_set):
+    """``history_`` (docs/estimators.md) with one entry, the solution (``time = n_iter_``): the Newton
+    iterates of the saddle point are not models of a network (their kernels are not self-consistent);
+    ``residuals_`` keeps the solver's own trace."""
+    test = [] if eval_set is None else [float(np.mean((model.predict(eval_set[0]) - eval_set[1]) ** 2))]
+    model.history_ = {"time": np.array([float(model.n_iter_)]),
+                      "train_loss": np.array([float(np.mean((model.predict(X) - y) ** 2))]),
+                      "test_loss": np.array(test, dtype=np.float64)}
 
 
 def _no_saddle(act, where="gamma"):
@@ -132,7 +142,7 @@ def _no_saddle(act, where="gamma"):
         f"Use the gradient-flow theory (GradientFlowDMFT, docs/theory.md section 4), which still applies.")
 
 
-class AdaptiveKernel(_AdaptiveBase):
+class AdaptiveKernel(_AdaptiveBase, TransferEstimator):
     """Infinite-width equilibrium of a two-layer mean-field network on one task (docs/theory.md §2).
 
     Parameters
@@ -146,7 +156,8 @@ class AdaptiveKernel(_AdaptiveBase):
     temperature : float, > 0
         ``T``; prior variance ``s^2 = T/lambda`` (eq. (2.1)).
     n_samples : int
-        Monte Carlo samples of the single-site measure (``n_chains`` chains of ``n_samples/n_chains``).
+        Monte Carlo samples of the single-site measure (``n_chains`` chains of ``n_samples/n_chains``);
+        with ``mc_tol``, the first sample size tried.
     n_chains : int
         Independent elliptical-slice chains (parallel; also the batches of the error estimate).
     tol : float
@@ -166,6 +177,14 @@ class AdaptiveKernel(_AdaptiveBase):
         (eq. (A.6)); ``"raise"`` raises :class:`~symtransfer.errors.EdgeOfNormalisabilityError`.
     seed : int
         Seeds every random number (results are reproducible and thread-count independent).
+    mc_tol : float, optional
+        Wanted Monte Carlo standard error of the predictions (root mean square over the training inputs,
+        as reported by ``predict(X, return_std=True)``, docs/adaptive.md eq. (A.4)). The solve is repeated
+        with the sample size scaled by ``(achieved / mc_tol)^2`` (the error falls like
+        ``n_samples^-1/2``) until it is met or ``max_samples`` is reached. ``None``: one solve with
+        ``n_samples``.
+    max_samples : int
+        Largest sample size ``mc_tol`` may ask for (memory grows like ``max_samples * P``).
 
     Attributes
     ----------
@@ -179,6 +198,12 @@ class AdaptiveKernel(_AdaptiveBase):
         Monte Carlo standard error of each entry of ``Phi_`` (at fixed ``v``).
     mc_error_ : float
         ``||Phi_stderr_||_F / ||Phi_||_F``.
+    mc_std_ : float
+        Achieved Monte Carlo standard error of the predictions on the training inputs (rms of
+        ``predict(X_train, return_std=True)[1]``); ``0`` for exact solutions.
+    n_samples_ : int
+        Samples of the final solve (the solver may add samples to recover from noise, and ``mc_tol``
+        chooses the size); ``n_samples_total_`` counts the samples of every solve made.
     converged_ : bool
     n_iter_ : int
         Newton iterations.
@@ -198,7 +223,8 @@ class AdaptiveKernel(_AdaptiveBase):
     """
 
     def __init__(self, activation="relu", gamma=1.0, weight_decay=1.0, temperature=1.0, n_samples=8192,
-                 n_chains=64, tol=1e-4, max_iter=100, method="auto", edge="condensate", seed=0):
+                 n_chains=64, tol=1e-4, max_iter=100, method="auto", edge="condensate", seed=0, mc_tol=None,
+                 max_samples=2**20):
         self.activation = activation
         self.gamma = gamma
         self.weight_decay = weight_decay
@@ -210,12 +236,8 @@ class AdaptiveKernel(_AdaptiveBase):
         self.method = method
         self.edge = edge
         self.seed = seed
-
-    def get_params(self):
-        """Constructor parameters (scikit-learn convention)."""
-        names = ("activation", "gamma", "weight_decay", "temperature", "n_samples", "n_chains", "tol",
-                 "max_iter", "method", "edge", "seed")
-        return {k: getattr(self, k) for k in names}
+        self.mc_tol = mc_tol
+        self.max_samples = max_samples
 
     def _validated(self):
         act, gamma, lam, T = _check_common(self)
@@ -230,10 +252,10 @@ class AdaptiveKernel(_AdaptiveBase):
             raise ValueError(f"edge must be 'condensate' or 'raise', got {self.edge!r}")
         return act, gamma, lam, T, n_samples, n_chains, tol, max_iter, seed
 
-    @_one_blas_thread
-    @_public_errors
-    def fit(self, X, y):
+    def fit(self, X, y, eval_set=None):
         """Solve the saddle point (eqs. (2.3)-(2.4)) on ``(X, y)``; returns ``self``.
+
+        ``eval_set=(X_test, y_test)`` only fills ``history_["test_loss"]``.
 
         Raises
         ------
@@ -249,6 +271,30 @@ class AdaptiveKernel(_AdaptiveBase):
         """
         act, gamma, lam, T, n_samples, n_chains, tol, max_iter, seed = self._validated()
         X, y = check_Xy(X, y)
+        eval_set = self._check_eval_set(eval_set, X.shape[1])
+        for k in ("Phi_", "n_features_in_"):   # a model whose solve fails is not fitted
+            self.__dict__.pop(k, None)
+        mc_tol = None if self.mc_tol is None else check_real("mc_tol", self.mc_tol, low=0.0, low_open=True)
+        max_samples = check_int("max_samples", self.max_samples, low=n_samples)
+        total = 0
+        for _ in range(_MC_TOL_ROUNDS):
+            self._fit(X, y, act, gamma, lam, T, n_samples, n_chains, tol, max_iter, seed)
+            total += self.n_samples_
+            self.mc_std_ = self._train_std()
+            if mc_tol is None or self.mc_std_ <= mc_tol or n_samples >= max_samples:
+                break
+            # the error of a mean over n samples falls like n^-1/2; 20 % over the estimate, so that
+            # the scatter of the error estimate itself rarely asks for one more round
+            want = n_samples * 1.2 * (self.mc_std_ / mc_tol) ** 2
+            n_samples = min(max_samples, n_chains * math.ceil(want / n_chains))
+        self.n_samples_total_ = total
+        self.n_features_in_ = X.shape[1]
+        _set_history(self, X, y, eval_set)
+        return self
+
+    @_one_blas_thread
+    @_public_errors
+    def _fit(self, X, y, act, gamma, lam, T, n_samples, n_chains, tol, max_iter, seed):
         _check_scale(X, T / lam)
         if gamma > 0.0 and act.growth == "superlinear":
             raise _no_saddle(act)
@@ -290,7 +336,7 @@ class AdaptiveKernel(_AdaptiveBase):
                                                                    condense=self.edge == "condensate")
         except ConvergenceError as exc:
             raise _rediagnosed(exc, X, self.s2_) from None
-        batch = np.repeat(np.arange(n_chains), n_keep)
+        batch = np.repeat(np.arange(n_chains), draw.n_keep)   # the solver may have grown the set
         if ss.cv is not None:
             mu, C = ss.q
             rep = _Rep(ss.Z @ V.T, w, batch, n_chains, [(self.s2_, V)], act.compile().phi, _kinks(act),
@@ -318,20 +364,17 @@ class AdaptiveKernel(_AdaptiveBase):
         return _Rep(Wk, np.full(n_samples, 1.0 / n_samples), batch, n_batches, [(self.s2_, V)],
                     self.activation_.compile().phi, _kinks(self.activation_), cmean=_cmean(self.activation_))
 
-    def transfer(self, X2, y2, *, gamma, weight_decay, temperature, coupling, n_samples=None, n_inner=8,
-                 seed=None):
-        """Fitted target model trained from this source (docs/theory.md, section 3).
+    def _transfer(self, X2, y2, *, coupling, gamma, weight_decay, temperature, eval_set=None, n_samples=None,
+                  n_inner=8, seed=None, **options):
+        """Fitted target model trained from this source (docs/theory.md, section 3), via :meth:`transfer`.
 
-        Parameters
-        ----------
-        X2, y2 : arrays
-            Target training set.
-        gamma, weight_decay, temperature : float
-            Target ``(gamma2, lambda2, T2)``.
-        coupling : float, >= 0 or inf
-            ``delta``: ``inf`` is readout fine-tuning on the source features (kernel ridge regression
-            with the source kernel), ``0`` is training from scratch, anything between is jointly rich.
-            A source condensate (eq. (A.6)) enters the target through its image (eq. (A.7)).
+        ``coupling`` (``delta``): ``inf`` (or ``readout_only=True``) is readout fine-tuning on the source
+        features (kernel ridge regression with the source kernel), ``0`` is training from scratch,
+        anything between is jointly rich; a source condensate (eq. (A.6)) enters the target through its
+        image (eq. (A.7)). Omitted ``gamma``, ``weight_decay``, ``temperature`` are the source's.
+
+        Options
+        -------
         n_samples : int, optional
             Target Monte Carlo samples (default: the source's ``n_samples``).
         n_inner : int
@@ -343,13 +386,16 @@ class AdaptiveKernel(_AdaptiveBase):
         -------
         AdaptiveTransfer
         """
-        self._check_fitted()
+        if options:
+            raise ValueError(f"AdaptiveKernel.transfer got unknown options {sorted(options)}; it accepts "
+                             f"coupling, readout_only, gamma, weight_decay, temperature, eval_set, n_samples, "
+                             f"n_inner and seed")
         return AdaptiveTransfer(self, gamma=gamma, weight_decay=weight_decay, temperature=temperature,
                                 coupling=coupling, n_samples=n_samples, n_inner=n_inner,
-                                seed=seed).fit(X2, y2)
+                                seed=seed).fit(X2, y2, eval_set=eval_set)
 
 
-class AdaptiveTransfer(_AdaptiveBase):
+class AdaptiveTransfer(_AdaptiveBase, TransferEstimator):
     """Target model after transfer from a fitted :class:`AdaptiveKernel` (docs/theory.md, section 3).
 
     Built by :meth:`AdaptiveKernel.transfer`; has the same prediction and observable methods and
@@ -357,10 +403,12 @@ class AdaptiveTransfer(_AdaptiveBase):
     ``residual_``) plus ``m_`` and ``s2c_`` of eq. (3.1).
     """
 
+    # clone keeps the fitted source (a fresh copy of it would not be fitted)
+    _shared_params = ("source",)
+
     def __init__(self, source, gamma=1.0, weight_decay=1.0, temperature=1.0, coupling=0.0, n_samples=None,
                  n_inner=8, seed=None):
         self.source = source
-        self.activation = source.activation
         self.gamma = gamma
         self.weight_decay = weight_decay
         self.temperature = temperature
@@ -369,20 +417,40 @@ class AdaptiveTransfer(_AdaptiveBase):
         self.n_inner = n_inner
         self.seed = seed
 
-    @_one_blas_thread
-    @_public_errors
-    def fit(self, X2, y2):
-        """Solve the quenched target saddle point (eqs. (3.1)-(3.3)); returns ``self``."""
+    @property
+    def activation(self):
+        """The source's activation (the target network has the same neurons)."""
+        return self.source.activation
+
+    def fit(self, X2, y2, eval_set=None):
+        """Solve the quenched target saddle point (eqs. (3.1)-(3.3)); returns ``self``.
+
+        ``eval_set=(X_test, y_test)`` only fills ``history_["test_loss"]``.
+        """
         src = self.source
         if not isinstance(src, AdaptiveKernel) or not hasattr(src, "Phi_"):
             raise ValueError("source must be a fitted AdaptiveKernel")
+        X2, y2 = check_Xy(X2, y2, "X2", "y2", n_features=src.X_.shape[1])
+        eval_set = self._check_eval_set(eval_set, X2.shape[1])
+        for k in ("Phi_", "n_features_in_"):   # a model whose solve fails is not fitted
+            self.__dict__.pop(k, None)
+        self._fit(X2, y2)
+        self.mc_std_ = self._train_std()
+        self.n_samples_total_ = self.n_samples_
+        self.n_features_in_ = X2.shape[1]
+        _set_history(self, X2, y2, eval_set)
+        return self
+
+    @_one_blas_thread
+    @_public_errors
+    def _fit(self, X2, y2):
+        src = self.source
         act, gamma, lam, T = _check_common(self)
         delta = check_real("coupling", self.coupling, low=0.0, allow_inf=True)
         n_samples = src.n_samples if self.n_samples is None else self.n_samples
         n_samples = check_int("n_samples", n_samples, low=64)
         n_inner = check_int("n_inner", self.n_inner, low=2)
         seed = src.seed + 1 if self.seed is None else check_int("seed", self.seed, low=0)
-        X2, y2 = check_Xy(X2, y2, "X2", "y2", n_features=src.X_.shape[1])
         _check_scale(X2, max(src.s2_, T / lam), "X2")
         self.activation_ = src.activation_
         self.X_, self.y_ = X2, y2
@@ -410,7 +478,7 @@ class AdaptiveTransfer(_AdaptiveBase):
                                      n_chains=src.n_chains, tol=src.tol, max_iter=src.max_iter,
                                      method=src.method, edge=src.edge, seed=seed).fit(X2, y2)
             for k in ("Phi_", "v_", "Phi_stderr_", "mc_error_", "converged_", "n_iter_", "n_draws_",
-                      "residuals_", "residual_", "_rep", "_psi", "_H", "_c", "_n_groups", "_cond", "_kkt", "_cond_src",
+                      "residuals_", "residual_", "n_samples_", "sample_weights_", "_rep", "_psi", "_H", "_c", "_n_groups", "_cond", "_kkt", "_cond_src",
                       "condensate_weights_"):
                 if hasattr(scratch, k):
                     setattr(self, k, getattr(scratch, k))
@@ -450,6 +518,7 @@ class AdaptiveTransfer(_AdaptiveBase):
         v, ss, w, Phi, H, hist, n_iter, n_draws, cond = _solve(draw, y2, lam, c2, src.tol, src.max_iter,
                                                                condense=src.edge == "condensate")
         W1_perp = W1 - (W1 @ V2) @ V2.T
+        n_inner = draw.n_keep   # the solver may have grown the set
         Wk = ss.Z @ V2.T + m * np.repeat(W1_perp, n_inner, axis=0)
         (coef1, V12), = rep1.terms
         n_batches = min(64, n_outer)

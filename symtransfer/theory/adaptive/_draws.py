@@ -97,6 +97,27 @@ class _ESSDraw:
         self.pool_cap = _POOL
         self.extra = None   # a _SourceCondensate, for transfer from a condensed source
         self._full = (n_burn, n_keep)
+        self.seed = seed
+        self.v_good = None   # the last point where a draw succeeded (restarts of the solver begin here)
+
+    def grow(self, n_keep):
+        """Keep ``n_keep`` (more) states per chain from now on, the burn-in unchanged.
+
+        The common random numbers of the smaller set stay a prefix of the new one, so a solve restarted
+        on the larger set sees the same directions plus fresh ones (the solver's recovery when Monte Carlo
+        noise hides descent, docs/adaptive.md section 6).
+        """
+        n_burn, full = self._full
+        if n_keep <= full:
+            return
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 5, n_keep]))
+        extra = rng.standard_normal((self.C, n_keep - full, self.r))
+        self.normals = np.ascontiguousarray(np.concatenate([self.normals, extra], axis=1))
+        if self.is_normals is not None:
+            more = rng.standard_normal((self.C * (n_keep - full), self.r))
+            self.is_normals = np.concatenate([self.is_normals, more])
+        self._full = (n_burn, n_keep)
+        self.n_burn, self.n_keep = n_burn, n_keep
 
     def set_keep(self, n_keep):
         """Keep ``n_keep`` states per chain from now on (burn-in scaled alike; the common random
@@ -144,6 +165,7 @@ class _ESSDraw:
 
     def __call__(self, v):
         Z, s = self._ess(v)
+        self.v_good = np.array(v, dtype=np.float64)
         if self.is_normals is not None and self.r > 0:
             ss = self._importance(v)
             if ss is not None:

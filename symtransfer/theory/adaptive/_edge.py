@@ -13,7 +13,17 @@ from ._draws import _DEBUG, _Diverged
 from ._samples import _KISH_FINAL, _KISH_REDRAW, _KISH_TRUST, _all_kernel, _all_moments, _record, _reweight
 
 _POOL_EDGE = 256     # cutting planes of the domain, and more are kept
+_TAU_LEAVE = 0.9      # an edge path with no active constraint below this tau goes back to the interior
 _TAU_CONDENSE = 0.98   # level of the edge constraint tau <= 1 in the condensate solve (section 2)
+
+
+class _LeftEdge(Exception):
+    """Raised by :func:`_newton_edge` when the path has left the edge (no active constraint, ``tau``
+    below ``_TAU_LEAVE``): carries ``(v, sample set, n_draws)`` for the interior solver."""
+
+    def __init__(self, v, ss, n_draws):
+        super().__init__()
+        self.v, self.ss, self.n_draws = v, ss, n_draws
 
 
 def _edge_qp(H, g, A, r):
@@ -85,6 +95,9 @@ def _newton_edge(draw, y, lam, c, tol, max_iter, v, ss, history, taus, n_draws):
         # stationarity of the Lagrangian: what is left of the gradient after the constraint forces
         res = float(np.linalg.norm(g + A.T @ mu) / max(np.linalg.norm(y), 1e-300))
         tau_now = _record(history, taus, draw, v, res)
+        if not np.any(mu > 0.0) and tau_now < _TAU_LEAVE and it > it0 + 1:
+            # fresh samples put the minimiser back inside the domain: the interior solver takes over
+            raise _LeftEdge(v, ss, n_draws)
         if _DEBUG:
             print(f"edge it {it} res {res:.3g} |g| {np.linalg.norm(g):.3g} kish {kish:.3f} tau {tau_now:.5f} "
                   f"active {int(np.sum(mu > 0))}/{len(mu)} mu {np.round(mu[mu > 0], 4)} |v| {np.linalg.norm(v):.3g}")

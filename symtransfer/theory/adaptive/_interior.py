@@ -9,7 +9,7 @@ import numpy as np
 
 from ...errors import ConvergenceError, EdgeOfNormalisabilityError
 from ._draws import _DEBUG, _Diverged
-from ._edge import _newton_edge
+from ._edge import _LeftEdge, _newton_edge
 from ._samples import _KISH_FINAL, _KISH_REDRAW, _KISH_TRUST, _all_kernel, _all_moments, _kernel_of, _record, _reweight
 
 _FULL_STEP = 0.25   # squared Newton decrement below which full steps are taken
@@ -17,6 +17,24 @@ _TAU_EDGE = 0.995    # 2 c s^2 kappa(v) this close to 1 counts as pressing again
 _COARSE = 4          # the coarse stage of the solve keeps 1/_COARSE of the samples per chain ...
 _COARSE_MIN_KEEP = 16  # ... when that leaves at least this many
 _COARSE_TOL = 1e-2   # and stops here: its answer is only a starting point for the full sample set
+_MAX_LEAVE = 3       # returns from the edge solver to the interior per Newton run
+_MAX_GROW = 2        # recoveries on doubled samples per chain before a failure is reported
+
+
+def _descends_in_gradient(draw, ss, vt, wt, st, c, lam, y, g, t):
+    """Whether ``|grad E|`` falls by the Armijo fraction at ``vt`` (the merit function of Newton's
+    method for the stationarity equation).
+
+    Used with the image of a source condensate (eq. (A.7)), whose potential is a maximum over
+    directions found by iterating sign patterns: where the patterns cycle the maximiser found is not
+    exactly stationary and the potential's value and its gradient disagree, so the value test can
+    reject every step although the gradient, which defines the saddle point, still decreases.
+    """
+    try:
+        gt, _ = _all_moments(draw, ss, vt, wt, st, c, lam, y)
+    except _Diverged:
+        return False
+    return float(np.linalg.norm(gt)) <= (1.0 - 1e-4 * t) * float(np.linalg.norm(g))
 
 
 def _pinned_at_edge(history, taus, window=6):
@@ -27,40 +45,62 @@ def _pinned_at_edge(history, taus, window=6):
     return history[-1] > 0.5 * history[-window]
 
 
-def _solve(draw, y, lam, c, tol, max_iter, condense=True):
-    """Coarse-to-fine damped Newton (docs/adaptive.md, section 1).
+def _solve(draw, y, lam, c, tol, max_iter, condense=True, max_grow=_MAX_GROW):
+    """Coarse-to-fine damped Newton with automatic recovery (docs/adaptive.md, sections 1 and 6).
 
     Most Newton iterations are spent travelling from ``v = 0`` to the neighbourhood of the solution,
     where Monte Carlo precision is wasted: that part runs on ``1/_COARSE`` of the samples (fewer kept
     states per chain, same chains and common random numbers), and the full sample set only polishes
-    from the coarse answer. Same returns as :func:`_newton`, with the histories of both stages.
+    from the coarse answer. Same returns as :func:`_newton`, with the histories of every stage.
+
+    A stage that fails because sampling noise hides descent (no acceptable step even on fresh samples,
+    chains escaping along the path, an indefinite sampled Hessian) is not the end: the solve restarts
+    from the last point where a draw succeeded, on twice the samples per chain, up to ``max_grow``
+    times. Only ``edge="raise"``'s report that the path is pinned at the edge is final at once: it is a
+    property of the problem, not of the sample size.
     """
     full = draw.n_keep
-    if full // _COARSE < _COARSE_MIN_KEEP:
-        return _newton(draw, y, lam, c, tol, max_iter, condense=condense)
-    draw.set_keep(full // _COARSE)
-    try:
-        v0, _, _, _, _, hist0, it0, nd0, _ = _newton(draw, y, lam, c, max(tol, _COARSE_TOL), max_iter,
-                                                     condense=condense)
-    except EdgeOfNormalisabilityError:
-        raise  # the edge is a property of v, not of the sample size
-    except ConvergenceError as err:
-        # the coarse noise may hide descent: the full sample set starts over from v = 0
-        v0, hist0, it0, nd0 = None, err.residuals, len(err.residuals), 0
-    finally:
-        draw.set_keep(full)
-    v, ss, w, Phi, H, hist, it, nd, cond = _newton(draw, y, lam, c, tol, max_iter, v0=v0, condense=condense)
-    return v, ss, w, Phi, H, hist0 + hist, it0 + it, nd0 + nd, cond
+    hist, it, nd = [], 0, 0
+    v0, at_edge = None, False
+    if full // _COARSE >= _COARSE_MIN_KEEP:
+        draw.set_keep(full // _COARSE)
+        try:
+            v0, _, _, _, _, hist0, it0, nd0, _ = _newton(draw, y, lam, c, max(tol, _COARSE_TOL),
+                                                             max_iter, condense=condense)
+            hist, it, nd = hist0, it0, nd0
+        except ConvergenceError as err:
+            if isinstance(err, EdgeOfNormalisabilityError) and not condense:
+                raise
+            # the coarse noise may hide descent: the full sample set starts from the last good point
+            v0, at_edge = draw.v_good, isinstance(err, EdgeOfNormalisabilityError)
+            hist, it = list(err.residuals), len(err.residuals)
+        finally:
+            draw.set_keep(full)
+    for attempt in range(max_grow + 1):
+        try:
+            v, ss, w, Phi, H, h, i, n, cond = _newton(draw, y, lam, c, tol, max_iter, v0=v0, condense=condense,
+                                                      at_edge=at_edge)
+            return v, ss, w, Phi, H, hist + h, it + i, nd + n, cond
+        except ConvergenceError as err:
+            if (isinstance(err, EdgeOfNormalisabilityError) and not condense) or attempt == max_grow:
+                err.residuals = hist + list(err.residuals)
+                raise
+            if _DEBUG:
+                print(f"  recovery {attempt + 1}: {str(err)[:80]}... -> {2 * draw.n_keep} per chain")
+            hist, it = hist + list(err.residuals), it + len(err.residuals)
+            v0, at_edge = draw.v_good, isinstance(err, EdgeOfNormalisabilityError)
+            draw.grow(2 * draw.n_keep)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _newton(draw, y, lam, c, tol, max_iter, v0=None, condense=True):
+def _newton(draw, y, lam, c, tol, max_iter, v0=None, condense=True, at_edge=False):
     """Damped Newton on the convex potential ``E(v)`` (docs/adaptive.md, eq. (A.1)) from ``v0``.
 
     ``draw(v)`` returns a :class:`_SampleSet` of the measure tilted by ``v`` or raises
     :class:`_Diverged`. Returns ``(v, sample set, weights, Phi, H, residual history, n_iter, n_draws,
     condensate)``; ``condensate`` is ``None`` or ``(E, rho)`` from :func:`_newton_edge`, which takes
     over when the path presses against the edge of the domain (``condense=False``: raise
-    :class:`EdgeOfNormalisabilityError` there instead).
+    :class:`EdgeOfNormalisabilityError` there instead), or at once with ``at_edge=True``.
     """
     P = len(y)
     v = np.zeros(P) if v0 is None else v0.copy()
@@ -78,6 +118,13 @@ def _newton(draw, y, lam, c, tol, max_iter, v0=None, condense=True):
             n_draws += 1
     history, taus = [], []
     n_fail = 0
+    if at_edge and condense and draw.has_edge:
+        # a restart after a failure at the edge: the interior path would only press against it again
+        try:
+            return _newton_edge(draw, y, lam, c, tol, max_iter, v, ss, history, taus, n_draws)
+        except _LeftEdge as left:
+            v, ss, n_draws = left.v.copy(), left.ss, left.n_draws
+    n_left = 0 if condense else _MAX_LEAVE
 
     def redraw(vv, v_good, n_fail):
         while True:
@@ -120,7 +167,18 @@ def _newton(draw, y, lam, c, tol, max_iter, v0=None, condense=True):
             print(f"it {it} res {res:.3g} |g| {np.linalg.norm(g):.3g} kish {kish:.3f} tau {tau_now:.4f} "
                   f"draws {n_draws} is {draw.used_is} |v| {np.linalg.norm(v):.3g}")
         if _pinned_at_edge(history, taus) and condense:
-            return _newton_edge(draw, y, lam, c, tol, max_iter - it, v, ss, history, taus, n_draws)
+            try:
+                return _newton_edge(draw, y, lam, c, tol, max_iter - it, v, ss, history, taus, n_draws)
+            except _LeftEdge as left:
+                # the edge was a noise artefact of the samples it was entered on: back inside, with
+                # fresh pinning statistics (and at most _MAX_LEAVE times, against ping-pong)
+                n_left += 1
+                if n_left > _MAX_LEAVE:
+                    raise ConvergenceError("the Newton path alternated between the edge of the normalisable "
+                                           "region and its interior (increase n_samples)", history) from None
+                v, ss, n_draws = left.v.copy(), left.ss, left.n_draws
+                taus[:] = [0.0] * len(taus)
+                continue
         if _pinned_at_edge(history, taus):
             raise EdgeOfNormalisabilityError(
                 f"the Newton path is pinned at the edge of the normalisable region (2 c s^2 kappa(v) = "
@@ -149,10 +207,12 @@ def _newton(draw, y, lam, c, tol, max_iter, v0=None, condense=True):
              if draw.has_edge and -slope > _FULL_STEP else 1.0)
         while True:
             vt = v + t * d
-            _, _, lnZt, kisht = _reweight(ss, vt, c)
-            if (kisht >= _KISH_TRUST and energy(vt, lnZt) <= E0 + 1e-4 * t * slope
-                    and draw.tau(vt) <= tau_max):
-                break
+            wt, st, lnZt, kisht = _reweight(ss, vt, c)
+            if kisht >= _KISH_TRUST and draw.tau(vt) <= tau_max:
+                if energy(vt, lnZt) <= E0 + 1e-4 * t * slope:
+                    break
+                if draw.extra is not None and _descends_in_gradient(draw, ss, vt, wt, st, c, lam, y, g, t):
+                    break
             t *= 0.5
             if t < 1e-10:
                 break

@@ -7,17 +7,13 @@ import math
 
 import numpy as np
 
-from ..._validation import check_inputs, check_Xy
+from ..._validation import check_inputs
 from ._linalg import _group_sums, _matmul, _one_blas_thread, _wsum
 from ._samples import _batch_stderr, _batch_weight_matrix
 
 
 class _AdaptiveBase:
     """Prediction, kernels and observables shared by the one-task and the transfer model."""
-
-    def _check_fitted(self):
-        if not hasattr(self, "Phi_"):
-            raise RuntimeError(f"{type(self).__name__} is not fitted yet: call fit(X, y) first")
 
     def _check_X(self, X, name="X"):
         self._check_fitted()
@@ -79,6 +75,13 @@ class _AdaptiveBase:
             return f, np.zeros_like(f)
         return f, self._predict_std(F, k, X)
 
+    def _train_std(self):
+        """Root mean square Monte Carlo error of the predictions on the training inputs (eq. (A.4))."""
+        if self._rep is None:
+            return 0.0
+        k, F = self._cross(self.X_)
+        return float(np.sqrt(np.mean(self._predict_std(F, k, self.X_) ** 2)))
+
     def _predict_std(self, F, k, X):
         rep, psi, v, c = self._rep, self._psi, self.v_, self._c
         w, weff, s = rep.w, rep.weff, psi @ v
@@ -111,23 +114,16 @@ class _AdaptiveBase:
             dev = dkv - (U + dmu @ HA.T) @ J.T + dmu @ Fc.T
         return np.sqrt(np.sum(dev**2, axis=0) / (B * (B - 1)))
 
-    def test_error(self, X, y):
-        """Mean squared error ``mean (f(x) - y)^2`` on held-out data (section 5)."""
-        X, y = check_Xy(X, y)
-        return float(np.mean((self.predict(X) - y) ** 2))
-
-    def score(self, X, y):
-        """Coefficient of determination ``R^2`` of :meth:`predict` (scikit-learn convention)."""
-        X, y = check_Xy(X, y)
-        f = self.predict(X)
-        ss = float(np.sum((y - y.mean()) ** 2))
-        return 1.0 - float(np.sum((y - f) ** 2)) / ss if ss > 0 else float("nan")
-
-    def alignment(self, X, y):
-        """Kernel-task alignment ``A = y^T Phi y / (||Phi||_F ||y||^2)`` on ``(X, y)`` (section 5)."""
-        X, y = check_Xy(X, y)
-        Phi = self.kernel(X)
-        return float(y @ Phi @ y / (np.linalg.norm(Phi) * (y @ y)))
+    def features(self, X):
+        """Mean preactivations ``E[h(x) | sample]`` of the sampled neurons on ``X``, shape
+        ``(n_samples, len(X))`` (the layout of :meth:`symtransfer.sim.WideNetwork.features`); the samples
+        carry the weights ``sample_weights_``. Exact and lazy solutions have no samples.
+        """
+        X = self._check_X(X)
+        if self._rep is None:
+            raise ValueError(f"{type(self).__name__}.features: this solution is exact (linear activation or "
+                             f"gamma = 0) and has no sampled neurons; use method='sampling'")
+        return self._rep.means(X)
 
     def _set_no_solver(self):
         self.converged_, self.n_iter_, self.n_draws_ = True, 0, 0
@@ -135,6 +131,8 @@ class _AdaptiveBase:
         self.residual_ = 0.0
 
     def _set_exact_diagnostics(self):
+        self.sample_weights_ = np.zeros(0)
+        self.n_samples_ = 0
         self.Phi_stderr_ = np.zeros_like(self.Phi_)
         self.mc_error_ = 0.0
         self._set_no_solver()
@@ -172,6 +170,8 @@ class _AdaptiveBase:
 
     def _set_from_samples(self, rep, psi, Phi, v, H, c, n_groups):
         self._rep, self._psi, self._H, self._c, self._n_groups = rep, psi, H, c, n_groups
+        self.sample_weights_ = rep.w
+        self.n_samples_ = len(rep.w)
         self.Phi_ = 0.5 * (Phi + Phi.T)
         self.v_ = v
         self.Phi_stderr_ = _batch_stderr(psi, rep.w, rep.u, rep.batch, rep.n_batches)

@@ -76,7 +76,24 @@ def _all_moments(draw, ss, v, w, s, c, lam, y):
     g, H = _moments(ss, v, w, s, c, lam, y)
     if draw.extra is not None:
         g, H = g + draw.extra.kernel(v) @ v, H + draw.extra.hessian(v)
-    return g, H
+    return g, _at_least(H, lam)
+
+
+def _at_least(H, lam):
+    """``H`` with its eigenvalues below ``lam`` raised to ``lam``.
+
+    The exact Hessian of (A.1) is ``lam I + E[psi psi^T] + 2 c Cov(s psi) >= lam I`` (``ln Z`` is
+    convex, eq. (A.2)); a sampled one below that (the covariance of a few samples per quenched group,
+    a strong tilt) is wrong only by noise there, and an indefinite Newton matrix would give ascent
+    directions and fail the Cholesky factor of the edge step.
+    """
+    P = H.shape[0]
+    try:
+        np.linalg.cholesky(H - (1.0 - 1e-9) * lam * np.eye(P))
+        return H
+    except np.linalg.LinAlgError:
+        e, U = np.linalg.eigh(H)
+        return (U * np.maximum(e, lam)) @ U.T
 
 
 def _all_kernel(draw, ss, v, w):

@@ -49,12 +49,20 @@ class _SourceCondensate:
             done = False
             a0 = h0 * np.where(h0 > 0.0, ap, am)
             best = (self.c2 * (v @ a0) ** 2, a0, np.zeros(L2.shape[1]))   # delta = 0
+            val = best[0]
             for _ in range(100):
                 dv = np.where(pinned, 0.0, d * v)
                 g = L2.T @ dv
                 beta = dv @ h0
                 if 1.0 - k * (g @ g) <= 0.0:
-                    return None
+                    # the quadratic of this pattern is unbounded along +-g, but F_j only if a ray
+                    # along +-g keeps the pattern; else the pattern is not that of the maximiser
+                    ray = L2 @ g
+                    d_ray = np.where(ray > 0.0, ap, am)
+                    if pinned.any() or np.array_equal(d_ray, d) or np.array_equal(np.where(ray < 0.0, ap, am), d):
+                        return None
+                    d = d_ray
+                    continue
                 if pinned.any():
                     Ls = L2[pinned]
                     Lg = Ls @ g
@@ -96,10 +104,14 @@ class _SourceCondensate:
         gradient ``K(v) v``: ``delta*`` moves with ``v``, and ``P2`` gradients are cheap)."""
         h = 1e-6 * max(float(np.linalg.norm(v)), 1.0)
         out = np.empty((len(v), len(v)))
-        for i in range(len(v)):
-            e = np.zeros(len(v))
-            e[i] = h
-            out[:, i] = (self.kernel(v + e) @ (v + e) - self.kernel(v - e) @ (v - e)) / (2.0 * h)
+        try:
+            for i in range(len(v)):
+                e = np.zeros(len(v))
+                e[i] = h
+                out[:, i] = (self.kernel(v + e) @ (v + e) - self.kernel(v - e) @ (v - e)) / (2.0 * h)
+        except _Diverged:
+            # v within h of the edge of F_j's domain: the kernel alone (its Gauss-Newton part, PSD)
+            return self.kernel(v)
         return 0.5 * (out + out.T)
 
     def energy(self, v):

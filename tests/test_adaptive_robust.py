@@ -1,0 +1,110 @@
+"""Robustness of the adaptive solver at default settings (issue #15) and its estimator contract
+(symtransfer.base.TransferEstimator). The KKT check is the suite's own (tests/test_adaptive.py)."""
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+from symtransfer.theory.adaptive import AdaptiveKernel, AdaptiveTransfer
+
+from test_adaptive import _assert_kkt
+
+
+def _sign_task():
+    X = np.random.default_rng(0).standard_normal((20, 10))
+    return X, np.sign(X[:, 0])
+
+
+def _check_edge_solution(gamma, seed):
+    X, y = _sign_task()
+    model = AdaptiveKernel("relu", gamma=gamma, seed=seed).fit(X, y)
+    _assert_kkt(model, X, y)
+    assert model.residual_ < model.tol
+    return model
+
+
+def test_relu_gamma8_seed1_solves_at_defaults():
+    """Failed before the solver recovered by itself ("no descent even on samples drawn at the current
+    point" in the coarse stage at the edge): now the solve restarts from the last good point on more
+    samples per chain, and the KKT conditions (A.6) hold."""
+    _check_edge_solution(8.0, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gamma, seed", [(8.0, 0), (8.0, 2), (16.0, 0), (16.0, 1), (16.0, 2)])
+def test_relu_strong_feature_learning_solves_at_defaults(gamma, seed):
+    _check_edge_solution(gamma, seed)
+
+
+@pytest.mark.slow
+def test_digits_transfer_from_condensed_source_solves_at_defaults():
+    """Issue #15's digits case: relu, source 3-vs-8 (P1 = 120, gamma1 = 2, condensed), target 5-vs-8
+    (P2 = 30, gamma2 = 1, coupling = 2), all at default solver settings. Was
+    EdgeOfNormalisabilityError (source), then LinAlgError and the private _Diverged (transfer)."""
+    from symtransfer.datasets import digits_transfer
+
+    d = digits_transfer("3-8", "5-8", n_source=120, n_target=30, seed=0)
+    src = AdaptiveKernel("relu", gamma=2.0, weight_decay=1.0, temperature=1.0).fit(d.X1, d.y1)
+    _assert_kkt(src, d.X1, d.y1)
+    tgt = src.transfer(d.X2, d.y2, gamma=1.0, coupling=2.0)
+    assert tgt.converged_ and tgt.residual_ < src.tol
+    # the target saddle point (3.3): (Phi2 + lambda) v2 = y2, image of the source condensate included
+    g = (tgt.Phi_ + np.eye(len(d.y2))) @ tgt.v_ - d.y2
+    assert np.linalg.norm(g) / np.linalg.norm(d.y2) < 10 * src.tol
+    assert np.linalg.eigvalsh(tgt.Phi_).min() > -1e-10
+    # transfer helps over the lazy predictor on this pair (test error well below 1, the error of f = 0)
+    assert tgt.test_error(d.X_test, d.y_test) < 0.5
+
+
+# ---------------------------------------------------------------------------------- contract
+@pytest.fixture(scope="module")
+def small():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((12, 4))
+    y = np.tanh(X[:, 0])
+    Xt = rng.standard_normal((6, 4))
+    src = AdaptiveKernel("tanh", gamma=1.0, n_samples=1024, n_chains=16).fit(X, y, eval_set=(Xt, np.tanh(Xt[:, 0])))
+    return src, X, y, Xt
+
+
+def test_contract_clone_params_and_not_fitted(small):
+    src, X, y, _ = small
+    est = clone(src)
+    assert est.get_params() == src.get_params() and not hasattr(est, "Phi_")
+    with pytest.raises(NotFittedError, match="not fitted"):
+        est.predict(X)
+    est.set_params(n_samples=2048)
+    assert est.n_samples == 2048
+
+
+def test_contract_fitted_attributes_and_history(small):
+    src, X, y, Xt = small
+    assert src.n_features_in_ == 4 and src.converged_ and src.n_iter_ >= 1
+    assert src.n_samples_ == 1024 and src.sample_weights_.shape == (1024,)
+    assert set(src.history_) == {"time", "train_loss", "test_loss"}
+    assert src.history_["time"].tolist() == [float(src.n_iter_)]
+    np.testing.assert_allclose(src.history_["train_loss"][0], np.mean((src.predict(X) - y) ** 2), rtol=1e-12)
+    assert src.history_["test_loss"].shape == (1,)
+    assert src.features(Xt).shape == (1024, 6)
+    assert math.isfinite(src.score(X, y)) and 0.0 < src.alignment(X, y) <= 1.0
+
+
+def test_contract_transfer_defaults_and_readout_only(small):
+    src, X, y, Xt = small
+    y2 = np.tanh(X[:, 1])
+    tgt = src.transfer(X, y2, coupling=1.0, n_samples=1024)
+    assert isinstance(tgt, AdaptiveTransfer)
+    assert (tgt.gamma, tgt.weight_decay, tgt.temperature) == (src.gamma, src.weight_decay, src.temperature)
+    assert tgt.history_["test_loss"].size == 0
+    a = src.transfer(X, y2, readout_only=True)
+    b = src.transfer(X, y2, coupling=math.inf)
+    np.testing.assert_array_equal(a.predict(Xt), b.predict(Xt))
+    again = clone(tgt)
+    assert again.source is src   # the fitted source is shared, not cloned (it would be unfitted)
+    with pytest.raises(ValueError, match="readout_only"):
+        src.transfer(X, y2, coupling=1.0, readout_only=True)
+    with pytest.raises(ValueError, match="unknown options"):
+        src.transfer(X, y2, coupling=1.0, n_sample=10)

@@ -19,11 +19,12 @@ module turns its options into calls of the domain modules and formats what they 
 from __future__ import annotations
 
 import argparse
-import sys
 
 from . import advise, compare, demo, derive, experiment, phase_diagram, simulate, sweep
 from ._common import EXIT_ERROR, EXIT_INTERNAL, EXIT_POINT_FAILURES, EXPECTED_ERRORS, load_config, report_error
-from .simulate import _NET_KEYS, _TASK_KEYS, _TRANSFER_KEYS, _checked_simulate_config, simulate_from_config
+# the simulate config's key sets and checker stay readable as symtransfer.cli.* (tests, examples)
+from .simulate import (_NET_KEYS, _TASK_KEYS, _TRANSFER_KEYS, _checked_simulate_config,  # noqa: F401
+                       simulate_from_config)
 
 __all__ = ["main", "build_parser", "load_config", "simulate_from_config", "EXIT_ERROR", "EXIT_POINT_FAILURES",
            "EXIT_INTERNAL"]
@@ -60,7 +61,3 @@ def main(argv=None) -> int:
         return report_error(args.command, exc)
     except Exception as exc:  # noqa: BLE001 - a one-line report instead of a traceback; bugs exit 3
         return report_error(args.command, exc, expected=False)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,8 @@
 """``symtransfer advise``: "should I pretrain?" for a user's source and target data.
 
 ``add_parser(subparsers)`` adds the sub-command to ``symtransfer``; :func:`main` runs it on its own
-(``python -m symtransfer.cli.advise ...``). The domain logic is :func:`symtransfer.advisor.advise`.
+(``python -m symtransfer.advise_cli ...``, the old entry point). The domain logic is
+:func:`symtransfer.advisor.advise`.
 """
 
 from __future__ import annotations
@@ -126,12 +127,8 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    """``python -m symtransfer.cli.advise ARGS``: the same command on its own."""
+    """``python -m symtransfer.advise_cli ARGS``: the same command on its own."""
     parser = argparse.ArgumentParser(prog="symtransfer advise", description=__doc__.split("\n\n")[0],
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _arguments(parser)
     return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

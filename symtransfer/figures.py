@@ -522,13 +522,21 @@ def _evaluate_phase(p) -> dict:
             "test_error_finite_d": float(np.sum((exact.predict(eye) - t.beta) ** 2) / D)}
 
 
+def _closed_form_names(params) -> dict:
+    """The phase-diagram parameters under the closed forms' names (``weight_decay1``, ...); the
+    config keeps ``lam1, T1, ...``, which are the CSV's columns and the stored points' keys."""
+    from .theory.proportional import DEPRECATED_NAMES
+
+    return {DEPRECATED_NAMES.get(k, k): v for k, v in params.items()}
+
+
 def _phase_diagrams(cfg):
     from .theory.proportional import phase_diagram
 
     pr = cfg["params"]
     alphas = np.linspace(0.0, 1.0, cfg["n_grid"])
     nu2s = np.geomspace(*cfg["nu2_range"], cfg["n_grid"])
-    base = {k: v for k, v in pr.items() if k != "coupling"}
+    base = _closed_form_names({k: v for k, v in pr.items() if k != "coupling"})
     return {"finetune": phase_diagram("alpha", "nu2", x_values=alphas, y_values=nu2s, setting="finetune", **base),
             "joint": phase_diagram("alpha", "nu2", x_values=alphas, y_values=nu2s, setting="joint", **base,
                                    coupling=pr["coupling"])}
@@ -537,7 +545,7 @@ def _phase_diagrams(cfg):
 def _closed_form(cfg, setting, alpha):
     from .theory.proportional import target_error
 
-    pr = dict(cfg["params"])
+    pr = _closed_form_names(cfg["params"])
     c = pr.pop("coupling")
     return float(target_error(setting, nu2=cfg["cut_nu2"], alpha=alpha, coupling=c if setting == "joint" else None,
                               **pr))

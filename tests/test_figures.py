@@ -335,8 +335,10 @@ def test_summary_explains_its_numbers(tmp_path, monkeypatch, capsys):
             for m, mean, pd, pds in (("theory", 1.0, "", ""), ("simulation", 1.2, 0.2, 0.01))]
     fake = F.ExperimentRun("phase-diagram", tmp_path / "a.png", tmp_path / "a.pdf", tmp_path / "a.csv",
                            tmp_path / "a.sqlite", 2, 0, 2, [], 0.1, rows)
+    from symtransfer.cli.experiment import experiment_cli
+
     monkeypatch.setattr(F, "run_experiment", lambda *a, **k: fake)
-    F.experiment_cli("phase-diagram", tmp_path)
+    experiment_cli("phase-diagram", tmp_path)
     out = capsys.readouterr().out
     assert F.DISAGREEMENT_LEGEND in out
     assert "largest paired |sim - theory| / sem" in out and "= 20" in out

@@ -126,6 +126,8 @@ def _fit(model, X, y, eval_set, fit_params):
     if eval_set is not None:
         if _accepts(model.fit, "eval_set"):
             fit_params["eval_set"] = eval_set
+        elif not _accepts(model.fit, "X_eval"):
+            raise ValueError(f"{type(model).__name__}.fit records no held-out loss: eval_set is not supported")
         else:
             fit_params.setdefault("X_eval", eval_set[0])
             fit_params["y_eval"] = eval_set[1]

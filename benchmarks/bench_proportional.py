@@ -85,18 +85,18 @@ def numpy_reference(setting, alpha, nu2, p):
     shape = np.broadcast_shapes(np.shape(alpha), np.shape(nu2))
     alpha = np.broadcast_to(alpha, shape).ravel()
     nu2 = np.broadcast_to(nu2, shape).ravel()
-    a2 = _amplitude(nu2, p["g2"], p["lam2"], p["T2"], p["sigma2"])
-    G, Gp, m, V, Sq = _mp(p["lam2"] / a2, nu2)
-    scratch = (p["lam2"] / a2) ** 2 * Gp + p["sigma2"] ** 2 * V
-    a1 = _amplitude(np.full(1, p["nu1"]), p["g1"], p["lam1"], p["T1"], p["sigma1"])
-    s1 = p["T1"] / p["lam1"]
-    G1, Gp1, m1, V1, Sq1 = _mp(p["lam1"] / a1, p["nu1"])
+    a2 = _amplitude(nu2, p["g2"], p["weight_decay2"], p["temperature2"], p["sigma2"])
+    G, Gp, m, V, Sq = _mp(p["weight_decay2"] / a2, nu2)
+    scratch = (p["weight_decay2"] / a2) ** 2 * Gp + p["sigma2"] ** 2 * V
+    a1 = _amplitude(np.full(1, p["nu1"]), p["g1"], p["weight_decay1"], p["temperature1"], p["sigma1"])
+    s1 = p["temperature1"] / p["weight_decay1"]
+    G1, Gp1, m1, V1, Sq1 = _mp(p["weight_decay1"] / a1, p["nu1"])
     pp = alpha * m1 / np.sqrt(Sq1 + p["sigma1"] ** 2 * V1)
-    lam2, sig2 = p["lam2"], p["sigma2"]
+    lam2, sig2 = p["weight_decay2"], p["sigma2"]
     if setting == "finetune":
         return scratch.reshape(shape), _target(s1, a1 - s1, pp, nu2, lam2, sig2, s1, a1)[0].reshape(shape)
     d = p["coupling"]
-    m2, sc2 = (d / (lam2 + d)) ** 2, p["T2"] / (lam2 + d)
+    m2, sc2 = (d / (lam2 + d)) ** 2, p["temperature2"] / (lam2 + d)
     chat = p["g2"] ** 2 * lam2 / (nu2 * (lam2 + d))
 
     def A_of(t):
@@ -160,10 +160,10 @@ def main():
                                   noise_target=p["sigma2"], seed=0)
 
         def solve():
-            src = LinearTheory(gamma=p["g1"] / math.sqrt(p["nu1"] * D), weight_decay=p["lam1"],
-                               temperature=p["T1"]).fit(pair.source.X_train, pair.source.y_train)
+            src = LinearTheory(gamma=p["g1"] / math.sqrt(p["nu1"] * D), weight_decay=p["weight_decay1"],
+                               temperature=p["temperature1"]).fit(pair.source.X_train, pair.source.y_train)
             return src.transfer(pair.target.X_train, pair.target.y_train, gamma=p["g2"] / math.sqrt(D),
-                                weight_decay=p["lam2"], temperature=p["T2"], coupling=p["coupling"])
+                                weight_decay=p["weight_decay2"], temperature=p["temperature2"], coupling=p["coupling"])
 
         t_fd, _ = _time(solve, repeat=1)
         print(f"finite-D LinearTheory transfer solve at D={D} (nu1={p['nu1']:g}, nu2=1): {t_fd:.2f} s "

@@ -1,6 +1,8 @@
 """symtransfer: theory and simulation of transfer learning in infinitely wide feature-learning networks."""
 
+from . import protocol
 from .advisor import Advice, advise
+from .base import TransferEstimator
 from .activations import (Activation, GaussianEquivalence, available_activations, get_activation, leaky_relu,
                           register_activation)
 from .errors import (ConvergenceError, ConvergenceWarning, DivergenceError, EdgeOfNormalisabilityError,
@@ -8,6 +10,7 @@ from .errors import (ConvergenceError, ConvergenceWarning, DivergenceError, Edge
                      SymtransferError)
 from .datasets import TransferData, digits_transfer, load_task, load_transfer_data
 from .experiments import TransferTable, compare_transfer, kernel_alignment
+from .protocol import run_protocols
 from .figures import ExperimentRun, run_experiment
 from .report import write_report
 from .sim import WideNetwork
@@ -20,11 +23,15 @@ from .theory.dmft import GradientFlowDMFT, StepSizeError
 from .theory.gradient_flow import (finetune_error, optimal_source_strength, rich_limit_error, scratch_error,
                                    source_kernel, source_spike)
 from .theory.linear import LinearTheory, LinearTransferTheory
-from .theory.proportional import PhaseDiagram, SourceState, phase_diagram, source_state, target_error, transfer_gain
+from .theory.proportional import (LearningCurves, PhaseDiagram, SourceState, learning_curves, phase_diagram, source_state,
+                                  target_error, transfer_gain)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "TransferEstimator",
+    "protocol",
+    "run_protocols",
     "advise",
     "Advice",
     "write_report",
@@ -83,4 +90,6 @@ __all__ = [
     "SourceState",
     "phase_diagram",
     "PhaseDiagram",
+    "learning_curves",
+    "LearningCurves",
 ]

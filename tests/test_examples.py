@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from symtransfer._config import load_config
+from symtransfer.cli import load_config
 from symtransfer.cli import build_parser, main
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -84,7 +84,8 @@ def test_simulate_example(tmp_path):
 
 
 def test_compare_example(tmp_path, capsys):
-    from symtransfer.experiments import _config_data, _merge_settings
+    from symtransfer.cli.compare import _config_data
+    from symtransfer.experiments import _merge_settings
 
     cfg = load_config(EXAMPLES / "compare.toml")
     _merge_settings(cfg["settings"], cfg["method"])  # valid as shipped (tanh, AdaptiveKernel options)

@@ -20,7 +20,7 @@ LEAVES = ("plotting", "activations", "errors", "_validation", "base")
 #: What a leaf may import: error types, validation, the RNG kernels and the safe formula parser.
 BASIC = {"errors", "_validation", "_rng", "parsing"}
 #: Old import paths kept as re-exports of the CLI package (nothing inside the package imports them).
-CLI_SHIMS = {"_config", "advise_cli", "__main__"}
+CLI_SHIMS = {"advise_cli", "__main__"}
 
 
 # --------------------------------------------------------------------------- reading the package

@@ -187,7 +187,7 @@ def run(args, gamma):
                 break
     for what, ch in (("within 2 MC errors", chosen_loose), ("as accurate as the theory", chosen)):
         if ch is None:
-            print(f"no simulation {what}: ratio not defined (add widths/steps)")
+            print(f"gamma={args.gamma}: no simulation {what}: ratio not defined (add widths/steps)")
         else:
             print(f"gamma={args.gamma}: ratio simulation(N={ch[0]}, {ch[1]} steps) / theory, {what}: "
                   f"{ch[2] / t_theory:.1f}x")

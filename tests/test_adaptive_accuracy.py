@@ -55,3 +55,16 @@ def test_reported_std_covers_the_seed_to_seed_scatter():
     rms = float(np.sqrt(np.mean(z**2)))
     assert 0.6 <= rms <= 1.6, rms
     assert np.all(np.sqrt(np.mean(sds**2, axis=1)) < 0.02)
+
+
+def test_transfer_mc_tol_chooses_the_target_sample_size():
+    X, y, Xt = _task()
+    src = AdaptiveKernel("tanh", gamma=1.0, n_samples=1024, n_chains=16).fit(X, y)
+    y2 = np.tanh(X[:, 1])
+    loose = src.transfer(X, y2, coupling=1.0, n_samples=1024)
+    assert loose.n_samples_ == 1024 and loose.mc_std_ > 0.0
+    tight = src.transfer(X, y2, coupling=1.0, n_samples=1024, mc_tol=loose.mc_std_ / 2)
+    assert tight.n_samples_ >= 4 * 1024 and tight.n_samples_total_ > tight.n_samples_
+    assert tight.mc_std_ <= loose.mc_std_ / 2
+    _, sd = tight.predict(X, return_std=True)
+    np.testing.assert_allclose(np.sqrt(np.mean(sd**2)), tight.mc_std_, rtol=1e-12)

@@ -365,7 +365,7 @@ class AdaptiveKernel(_AdaptiveBase, TransferEstimator):
                     self.activation_.compile().phi, _kinks(self.activation_), cmean=_cmean(self.activation_))
 
     def _transfer(self, X2, y2, *, coupling, gamma, weight_decay, temperature, eval_set=None, n_samples=None,
-                  n_inner=8, seed=None, **options):
+                  n_inner=8, seed=None, mc_tol=None, max_samples=None, **options):
         """Fitted target model trained from this source (docs/theory.md, section 3), via :meth:`transfer`.
 
         ``coupling`` (``delta``): ``inf`` (or ``readout_only=True``) is readout fine-tuning on the source
@@ -381,6 +381,9 @@ class AdaptiveKernel(_AdaptiveBase, TransferEstimator):
             Samples of the target conditional per source sample (quenched average, eq. (3.2)).
         seed : int, optional
             Default: source seed + 1.
+        mc_tol, max_samples : optional
+            As for :class:`AdaptiveKernel` (target sample size chosen for the wanted Monte Carlo error
+            of the target predictions); default: the source's.
 
         Returns
         -------
@@ -389,10 +392,10 @@ class AdaptiveKernel(_AdaptiveBase, TransferEstimator):
         if options:
             raise ValueError(f"AdaptiveKernel.transfer got unknown options {sorted(options)}; it accepts "
                              f"coupling, readout_only, gamma, weight_decay, temperature, eval_set, n_samples, "
-                             f"n_inner and seed")
+                             f"n_inner, seed, mc_tol and max_samples")
         return AdaptiveTransfer(self, gamma=gamma, weight_decay=weight_decay, temperature=temperature,
-                                coupling=coupling, n_samples=n_samples, n_inner=n_inner,
-                                seed=seed).fit(X2, y2, eval_set=eval_set)
+                                coupling=coupling, n_samples=n_samples, n_inner=n_inner, seed=seed,
+                                mc_tol=mc_tol, max_samples=max_samples).fit(X2, y2, eval_set=eval_set)
 
 
 class AdaptiveTransfer(_AdaptiveBase, TransferEstimator):
@@ -407,8 +410,10 @@ class AdaptiveTransfer(_AdaptiveBase, TransferEstimator):
     _shared_params = ("source",)
 
     def __init__(self, source, gamma=1.0, weight_decay=1.0, temperature=1.0, coupling=0.0, n_samples=None,
-                 n_inner=8, seed=None):
+                 n_inner=8, seed=None, mc_tol=None, max_samples=None):
         self.source = source
+        self.mc_tol = mc_tol
+        self.max_samples = max_samples
         self.gamma = gamma
         self.weight_decay = weight_decay
         self.temperature = temperature
@@ -434,21 +439,31 @@ class AdaptiveTransfer(_AdaptiveBase, TransferEstimator):
         eval_set = self._check_eval_set(eval_set, X2.shape[1])
         for k in ("Phi_", "n_features_in_"):   # a model whose solve fails is not fitted
             self.__dict__.pop(k, None)
-        self._fit(X2, y2)
-        self.mc_std_ = self._train_std()
-        self.n_samples_total_ = self.n_samples_
+        n_samples = src.n_samples if self.n_samples is None else self.n_samples
+        n_samples = check_int("n_samples", n_samples, low=64)
+        mc_tol = src.mc_tol if self.mc_tol is None else self.mc_tol
+        mc_tol = None if mc_tol is None else check_real("mc_tol", mc_tol, low=0.0, low_open=True)
+        max_samples = check_int("max_samples", src.max_samples if self.max_samples is None else self.max_samples,
+                                low=n_samples)
+        total = 0
+        for _ in range(_MC_TOL_ROUNDS):
+            self._fit(X2, y2, n_samples)
+            total += self.n_samples_
+            self.mc_std_ = self._train_std()
+            if mc_tol is None or self.mc_std_ <= mc_tol or n_samples >= max_samples:
+                break
+            n_samples = min(max_samples, 64 * math.ceil(n_samples * 1.2 * (self.mc_std_ / mc_tol) ** 2 / 64))
+        self.n_samples_total_ = total
         self.n_features_in_ = X2.shape[1]
         _set_history(self, X2, y2, eval_set)
         return self
 
     @_one_blas_thread
     @_public_errors
-    def _fit(self, X2, y2):
+    def _fit(self, X2, y2, n_samples):
         src = self.source
         act, gamma, lam, T = _check_common(self)
         delta = check_real("coupling", self.coupling, low=0.0, allow_inf=True)
-        n_samples = src.n_samples if self.n_samples is None else self.n_samples
-        n_samples = check_int("n_samples", n_samples, low=64)
         n_inner = check_int("n_inner", self.n_inner, low=2)
         seed = src.seed + 1 if self.seed is None else check_int("seed", self.seed, low=0)
         _check_scale(X2, max(src.s2_, T / lam), "X2")

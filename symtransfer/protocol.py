@@ -37,8 +37,9 @@ Models without randomness (:class:`~symtransfer.theory.linear.LinearTheory`) ign
 
 from __future__ import annotations
 
-import inspect
 import math
+
+from sklearn.base import clone
 
 from ._validation import check_int, check_real
 
@@ -59,11 +60,6 @@ PROTOCOLS = ("scratch", "finetune", "joint")
 
 #: ``scratch_seed(seed) - seed``.
 SCRATCH_SEED_OFFSET = 7919
-
-#: The hyper-parameters a target may set differently from its source (docs/theory.md §3: gamma2,
-#: lambda2, T2); all other target settings are model options.
-HYPER_PARAMETERS = ("gamma", "weight_decay", "temperature")
-
 
 def target_seed(seed: int) -> int:
     """Seed of a model transferred from the source of replicate ``seed``: ``seed + 1``."""
@@ -93,45 +89,25 @@ def _check_setting(setting):
         raise ValueError(f"setting must be one of {', '.join(PROTOCOLS)}, got {setting!r}")
 
 
-def _params(model) -> dict:
-    try:
-        return dict(model.get_params(deep=False))
-    except TypeError:  # a model written before the shared contract (get_params without deep)
-        return dict(model.get_params())
-
-
 def _fresh(model, **overrides):
-    """An unfitted copy of ``model`` (its constructor parameters, as :func:`sklearn.base.clone`) with
-    ``overrides``; a ``seed`` override is dropped for models without one (deterministic theories)."""
-    params = _params(model)
+    """An unfitted copy of ``model`` (:func:`sklearn.base.clone`) with ``overrides``; a ``seed``
+    override is dropped for models without one (the deterministic linear theory)."""
+    params = model.get_params(deep=False)
     if "seed" in overrides and "seed" not in params:
         overrides.pop("seed")
     unknown = set(overrides) - set(params)
     if unknown:
         raise ValueError(f"{type(model).__name__} has no parameter(s) {sorted(unknown)}; its parameters are "
                          f"{', '.join(sorted(params))}")
-    params.update(overrides)
-    return type(model)(**params)
-
-
-def _accepts(method, name) -> bool:
-    sig = inspect.signature(method).parameters
-    return name in sig
+    return clone(model).set_params(**overrides)
 
 
 def _fit(model, X, y, eval_set, fit_params):
-    """``model.fit`` with the held-out set passed as the contract's ``eval_set`` (or, for a model
-    written before it, as ``X_eval``/``y_eval``)."""
-    fit_params = dict(fit_params or {})
+    """``model.fit`` with the contract's ``eval_set`` (held-out loss in ``history_``) and ``fit_params``."""
+    kw = dict(fit_params or {})
     if eval_set is not None:
-        if _accepts(model.fit, "eval_set"):
-            fit_params["eval_set"] = eval_set
-        elif not _accepts(model.fit, "X_eval"):
-            raise ValueError(f"{type(model).__name__}.fit records no held-out loss: eval_set is not supported")
-        else:
-            fit_params.setdefault("X_eval", eval_set[0])
-            fit_params["y_eval"] = eval_set[1]
-    return model.fit(X, y, **fit_params)
+        kw["eval_set"] = eval_set
+    return model.fit(X, y, **kw)
 
 
 def fit_source(model, X1, y1, *, seed=0, eval_set=None, fit_params=None):
@@ -153,18 +129,6 @@ def fit_scratch(model, X2, y2, *, seed=0, target_params=None, eval_set=None, fit
     return _fit(_fresh(model, **overrides), X2, y2, eval_set, fit_params)
 
 
-def _legacy_readout_flag(source) -> bool:
-    """Whether ``source.transfer`` predates the shared contract and spells fine-tuning
-    ``readout_only=True`` instead of accepting ``coupling=inf``."""
-    from .base import TransferEstimator
-
-    if isinstance(source, TransferEstimator):
-        return False
-    from .sim import WideNetwork
-
-    return isinstance(source, WideNetwork)
-
-
 def transfer_setting(source, setting, X2, y2, *, coupling=None, target_params=None, eval_set=None,
                      transfer_params=None):
     """``source.transfer`` for ``setting`` ``"finetune"`` (``coupling = inf``) or ``"joint"``
@@ -173,24 +137,11 @@ def transfer_setting(source, setting, X2, y2, *, coupling=None, target_params=No
     _check_setting(setting)
     if setting == "scratch":
         raise ValueError("setting 'scratch' is not a transfer: use fit_scratch (or run_protocols)")
-    delta = protocol_coupling(setting, coupling)
     kw = dict(transfer_params or {})
     kw.update(target_params or {})
-    src_params = _params(source)
-    for k in HYPER_PARAMETERS:
-        # the contract defaults omitted hyper-parameters to the source's; models written before it
-        # require them, so they are passed explicitly (the same values)
-        if k not in kw and k in src_params:
-            kw[k] = src_params[k]
     if eval_set is not None:
-        if _accepts(source.transfer, "eval_set"):
-            kw["eval_set"] = eval_set
-        else:  # GradientFlowDMFT before the contract: evaluation inputs are positional
-            kw["y2_eval"] = eval_set[1]
-            return source.transfer(X2, y2, eval_set[0], coupling=delta, **kw)
-    if math.isinf(delta) and _legacy_readout_flag(source):
-        return source.transfer(X2, y2, readout_only=True, **kw)
-    return source.transfer(X2, y2, coupling=delta, **kw)
+        kw["eval_set"] = eval_set
+    return source.transfer(X2, y2, coupling=protocol_coupling(setting, coupling), **kw)
 
 
 def run_protocols(model, source, target, *, protocols=PROTOCOLS, couplings=(1.0,), target_params=None, seed=0,

@@ -8,6 +8,9 @@ evaluators, one per method. Only the driving process writes the database, one co
 finished point, so a sweep killed at any moment (even ``SIGKILL``) loses at most the points in flight
 and a rerun computes exactly the missing ones.
 
+:func:`run_points` is the one runner behind it (store, resume, claims, failure policy, progress),
+also used, in process, by the figures (:func:`symtransfer.figures.run_experiment`).
+
 Backends share one code path, a :class:`concurrent.futures.Executor`: local processes
 (:class:`~concurrent.futures.ProcessPoolExecutor`, the default) or a Dask distributed cluster through
 its ``concurrent.futures`` adapter (``scheduler=ADDRESS``, or a ``LocalCluster`` started for you).

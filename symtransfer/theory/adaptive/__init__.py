@@ -373,8 +373,8 @@ class AdaptiveKernel(_AdaptiveBase, TransferEstimator):
         anything between is jointly rich; a source condensate (eq. (A.6)) enters the target through its
         image (eq. (A.7)). Omitted ``gamma``, ``weight_decay``, ``temperature`` are the source's.
 
-        Options
-        -------
+        Other Parameters
+        ----------------
         n_samples : int, optional
             Target Monte Carlo samples (default: the source's ``n_samples``).
         n_inner : int

@@ -278,7 +278,8 @@ def _evaluate_proportional(p):
 
     kw = dict(nu1=p["n_source"] / p["dim"], nu2=p["n_target"] / p["dim"], alpha=p["alpha"],
               g1=p["gamma1"] * math.sqrt(p["n_source"]), g2=p["gamma2"] * math.sqrt(p["n_target"]),
-              lam1=p["weight_decay1"], lam2=p["weight_decay2"], T1=p["temperature1"], T2=p["temperature2"],
+              weight_decay1=p["weight_decay1"], weight_decay2=p["weight_decay2"], temperature1=p["temperature1"],
+              temperature2=p["temperature2"],
               sigma1=p["noise_source"], sigma2=p["noise_target"])
     out = {"test_error_scratch": float(target_error("scratch", **kw)),
            "test_error_finetune": float(target_error("finetune", **kw)),
@@ -901,6 +902,10 @@ def run_points(points, db_path, *, evaluate=None, in_process=False, workers=1, t
         if not todo:
             report.backend = "none (nothing to do)"
             return report
+        executor, cleanup = None, (lambda: None)
+        if not in_process:
+            # connected before the progress bar opens: an unreachable scheduler is one error line
+            executor, cleanup, report.backend = _make_executor(workers, scheduler, local_cluster, scheduler_timeout)
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(keyed), initial=report.n_already_done, desc=desc, unit="point",
@@ -932,7 +937,6 @@ def run_points(points, db_path, *, evaluate=None, in_process=False, workers=1, t
                 while (nxt := next_claimed()) is not None:
                     finish(*nxt, _run_point(nxt[1], tpp, evaluate))
                 return report
-            executor, cleanup, report.backend = _make_executor(workers, scheduler, local_cluster, scheduler_timeout)
             try:
                 pending = {}
                 window = 2 * workers if scheduler is None else 64  # bounded in-flight work

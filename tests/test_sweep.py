@@ -112,8 +112,8 @@ def test_proportional_point_maps_finite_sizes_to_the_limit():
     p = normalise_point({"method": "proportional", **LINEAR, "alpha": 0.6, "gamma1": 0.3, "gamma2": 0.2,
                          "coupling": 2.0, "noise_source": 0.2})
     r = evaluate_point(p)
-    kw = dict(nu1=3.0, nu2=1.5, alpha=0.6, g1=0.3 * math.sqrt(24), g2=0.2 * math.sqrt(12), lam1=1.0, lam2=1.0,
-              T1=1.0, T2=1.0, sigma1=0.2, sigma2=0.0)
+    kw = dict(nu1=3.0, nu2=1.5, alpha=0.6, g1=0.3 * math.sqrt(24), g2=0.2 * math.sqrt(12), weight_decay1=1.0,
+              weight_decay2=1.0, temperature1=1.0, temperature2=1.0, sigma1=0.2, sigma2=0.0)
     assert r["test_error_joint"] == target_error("joint", coupling=2.0, **kw)
     assert r["gain_finetune"] == target_error("scratch", **kw) - target_error("finetune", **kw)
 

@@ -14,7 +14,7 @@ from .protocol import run_protocols
 from .figures import ExperimentRun, run_experiment
 from .report import write_report
 from .sim import WideNetwork
-from .sweep import SweepReport, load_results, run_sweep
+from .sweep import SweepReport, load_results, run_points, run_sweep
 from .symbolic import DMFTSystem, SaddlePointSystem, derive
 from .tasks import HermiteTeacher, Task, TransferPair, make_task, make_transfer_pair
 from .theory.adaptive import AdaptiveKernel, AdaptiveTransfer
@@ -74,6 +74,7 @@ __all__ = [
     "load_task",
     "load_transfer_data",
     "run_sweep",
+    "run_points",
     "load_results",
     "SweepReport",
     "derive",

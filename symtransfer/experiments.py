@@ -254,9 +254,6 @@ def compare_transfer(source, target, test, settings=None, method="gradient_flow"
         method -- the linear equilibrium theory runs once -- and NaN for a single seed of a
         stochastic one).
 
-    The three settings are run by :func:`symtransfer.protocol.run_protocols` (its seed
-    convention: the source with the seed, transfers ``seed + 1``, scratch ``seed + 7919``).
-
     Returns
     -------
     TransferTable
@@ -264,6 +261,11 @@ def compare_transfer(source, target, test, settings=None, method="gradient_flow"
         columns :data:`COLUMNS`. ``transfer_gain`` = scratch error - row error (docs/theory.md
         section 3), paired over seeds; ``alignment`` of the learned target kernel on the target
         training inputs with ``y2`` (section 5).
+
+    Notes
+    -----
+    The three settings are run by :func:`symtransfer.protocol.run_protocols` (its seed
+    convention: the source with the seed, transfers ``seed + 1``, scratch ``seed + 7919``).
     """
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")

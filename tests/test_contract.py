@@ -1,8 +1,6 @@
 """The estimator contract (docs/estimators.md, symtransfer.base.TransferEstimator) for every model.
 
-Each case runs one small problem (P = 12, D = 4) per model in about a second; a model that does not
-honour the contract yet is marked ``xfail(strict=True)`` case by case (see ``_TODO``), so the mark
-must be removed as soon as it does.
+Each case runs one small problem (P = 12, D = 4) per model in about a second.
 """
 
 import math
@@ -33,20 +31,7 @@ _FACTORIES = {
 }
 _STOCHASTIC = {"AdaptiveKernel", "WideNetwork", "GradientFlowDMFT"}
 
-# Cases AdaptiveKernel does not pass until it is built on TransferEstimator (issue 14; another change).
-_ADAPTIVE_ON_BASE = issubclass(AdaptiveKernel, TransferEstimator)
-_TODO = {"AdaptiveKernel": {"clone", "clone_target", "not_fitted", "attributes", "eval_set", "readout_synonym", "conflict",
-                            "defaults", "target_attributes", "unmutated"}}
-
-
-def _params(case):
-    out = []
-    for name in _FACTORIES:
-        marks = []
-        if name == "AdaptiveKernel" and not _ADAPTIVE_ON_BASE and case in _TODO[name]:
-            marks = [pytest.mark.xfail(strict=True, reason="AdaptiveKernel is not on TransferEstimator yet")]
-        out.append(pytest.param(name, marks=marks, id=name))
-    return out
+MODELS = list(_FACTORIES)
 
 
 def _data(P, D=4, seed=0):
@@ -90,7 +75,7 @@ def _check_common_attributes(model, P, D, eval_rows=False):
 
 
 # ------------------------------------------------------------------------------ construction
-@pytest.mark.parametrize("name", _params("clone"))
+@pytest.mark.parametrize("name", MODELS)
 def test_clone_round_trip_gives_an_unfitted_copy_with_equal_params(name):
     model = _fitted(name)
     copy = clone(model)
@@ -105,7 +90,7 @@ def test_clone_round_trip_gives_an_unfitted_copy_with_equal_params(name):
     assert fresh.get_params() == _FACTORIES[name]().get_params()
 
 
-@pytest.mark.parametrize("name", _params("clone_target"))
+@pytest.mark.parametrize("name", MODELS)
 def test_clone_of_a_target_refits_to_the_same_numbers(name):
     """A target's fitted ``source`` is passed on by clone as the same object (a clone would be unfitted)."""
     tgt = _fitted(name).transfer(X2, Y2, coupling=1.0)
@@ -119,7 +104,7 @@ def test_clone_of_a_target_refits_to_the_same_numbers(name):
         np.testing.assert_allclose(copy.fit(X2, Y2).predict(XT), tgt.predict(XT), rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("name", _params("not_fitted"))
+@pytest.mark.parametrize("name", MODELS)
 def test_methods_needing_a_fit_raise_not_fitted(name):
     model = _FACTORIES[name]()
     assert issubclass(NotFittedError, (ValueError, AttributeError))
@@ -130,14 +115,14 @@ def test_methods_needing_a_fit_raise_not_fitted(name):
 
 
 # ------------------------------------------------------------------------------ fit
-@pytest.mark.parametrize("name", _params("attributes"))
+@pytest.mark.parametrize("name", MODELS)
 def test_fit_returns_self_with_the_common_fitted_attributes(name):
     model = _FACTORIES[name]()
     assert model.fit(X1, Y1) is model
     _check_common_attributes(model, 12, 4)
 
 
-@pytest.mark.parametrize("name", _params("eval_set"))
+@pytest.mark.parametrize("name", MODELS)
 def test_eval_set_fills_the_test_loss_curve(name):
     model = _FACTORIES[name]().fit(X1, Y1, eval_set=(XT, YT))
     _check_common_attributes(model, 12, 4, eval_rows=True)
@@ -145,13 +130,13 @@ def test_eval_set_fills_the_test_loss_curve(name):
     assert model.history_["test_loss"][-1] == pytest.approx(model.test_error(XT, YT), rel=1e-9, abs=1e-12)
 
 
-@pytest.mark.parametrize("name", _params("predict"))
+@pytest.mark.parametrize("name", MODELS)
 def test_predict_on_new_inputs(name):
     f = _fitted(name).predict(XT)
     assert f.shape == (8,) and f.dtype == np.float64 and np.all(np.isfinite(f))
 
 
-@pytest.mark.parametrize("name", _params("observables"))
+@pytest.mark.parametrize("name", MODELS)
 def test_score_test_error_and_alignment_by_hand(name):
     model = _fitted(name)
     f = model.predict(XT)
@@ -164,7 +149,7 @@ def test_score_test_error_and_alignment_by_hand(name):
 
 
 # ------------------------------------------------------------------------------ transfer
-@pytest.mark.parametrize("name", _params("readout_synonym"))
+@pytest.mark.parametrize("name", MODELS)
 def test_coupling_inf_and_readout_only_are_the_same_fine_tuning(name):
     src = _fitted(name)
     a = src.transfer(X2, Y2, coupling=math.inf)
@@ -175,7 +160,7 @@ def test_coupling_inf_and_readout_only_are_the_same_fine_tuning(name):
         np.testing.assert_array_equal(other.Phi_, a.Phi_)
 
 
-@pytest.mark.parametrize("name", _params("conflict"))
+@pytest.mark.parametrize("name", MODELS)
 def test_readout_only_with_a_finite_coupling_is_refused(name):
     src = _fitted(name)
     with pytest.raises(ValueError, match=r"readout_only=True .*coupling=0\.5"):
@@ -186,7 +171,7 @@ def test_readout_only_with_a_finite_coupling_is_refused(name):
         src.transfer(X2, Y2, readout_only="yes")
 
 
-@pytest.mark.parametrize("name", _params("defaults"))
+@pytest.mark.parametrize("name", MODELS)
 def test_omitted_hyper_parameters_are_the_sources(name):
     src = _fitted(name)
     omitted = src.transfer(X2, Y2, coupling=1.0)
@@ -198,7 +183,7 @@ def test_omitted_hyper_parameters_are_the_sources(name):
     assert (partial.gamma, partial.weight_decay, partial.temperature) == (0.4, 0.7, src.temperature)
 
 
-@pytest.mark.parametrize("name", _params("target_attributes"))
+@pytest.mark.parametrize("name", MODELS)
 def test_targets_honour_the_contract(name):
     src = _fitted(name)
     for coupling in (0.0, 1.0, math.inf):
@@ -210,7 +195,7 @@ def test_targets_honour_the_contract(name):
         assert tgt.test_error(XT, YT) == pytest.approx(float(np.mean((f - YT) ** 2)), rel=1e-12)
 
 
-@pytest.mark.parametrize("name", _params("unmutated"))
+@pytest.mark.parametrize("name", MODELS)
 def test_transfer_leaves_the_source_untouched(name):
     src = _FACTORIES[name]().fit(X1, Y1)
     params = src.get_params(deep=False)

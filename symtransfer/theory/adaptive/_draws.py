@@ -4,6 +4,7 @@ Gaussian reference, and the normalisability index tau(v) (docs/adaptive.md, sect
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 
@@ -19,7 +20,10 @@ _KISH_IS = 0.3  # i.i.d. draws from the reference are used when their weights ke
 _REF_INFLATE = 1.1   # a reference wider than the target keeps the slice likelihood decaying in the tails
 _DIVERGED_SQ = 6.0   # mean |zeta|^2 / r above this: the chains run away (tilt not normalisable)
 _POOL = 64           # directions kept for the normalisability estimate; at the edge they are the
-_DEBUG = bool(os.environ.get("SYMTRANSFER_DEBUG"))  # per-iteration solver trace on stdout
+# SYMTRANSFER_DEBUG=1: per-iteration solver trace, at DEBUG level of this logger (formatting it costs
+# time, so it is built only when asked for)
+_DEBUG = bool(os.environ.get("SYMTRANSFER_DEBUG"))
+_log = logging.getLogger("symtransfer.theory.adaptive")
 
 
 class _Diverged(Exception):
@@ -218,7 +222,7 @@ class _ESSDraw:
         tau_top = self.tau(v, extra=top)
         if tau_top >= 1.0 or (self.has_edge and np.mean(sq) > _DIVERGED_SQ * max(r, 1)):
             if _DEBUG:
-                print(f"  draw rejected: tau {tau_top:.5f}, mean |zeta|^2 / r {np.mean(sq) / max(r, 1):.3g}")
+                _log.debug(f"  draw rejected: tau {tau_top:.5f}, mean |zeta|^2 / r {np.mean(sq) / max(r, 1):.3g}")
             raise _Diverged()
         self.z_last = np.ascontiguousarray(Z[:, -1, :])
         self._adapt(Z)

@@ -9,7 +9,7 @@ import numpy as np
 from scipy.optimize import nnls
 
 from ...errors import EdgeOfNormalisabilityError
-from ._draws import _DEBUG, _Diverged
+from ._draws import _DEBUG, _Diverged, _log
 from ._samples import _KISH_FINAL, _KISH_REDRAW, _KISH_TRUST, _all_kernel, _all_moments, _record, _reweight
 
 _POOL_EDGE = 256     # cutting planes of the domain, and more are kept
@@ -99,7 +99,7 @@ def _newton_edge(draw, y, lam, c, tol, max_iter, v, ss, history, taus, n_draws):
             # fresh samples put the minimiser back inside the domain: the interior solver takes over
             raise _LeftEdge(v, ss, n_draws)
         if _DEBUG:
-            print(f"edge it {it} res {res:.3g} |g| {np.linalg.norm(g):.3g} kish {kish:.3f} tau {tau_now:.5f} "
+            _log.debug(f"edge it {it} res {res:.3g} |g| {np.linalg.norm(g):.3g} kish {kish:.3f} tau {tau_now:.5f} "
                   f"active {int(np.sum(mu > 0))}/{len(mu)} mu {np.round(mu[mu > 0], 4)} |v| {np.linalg.norm(v):.3g}")
         if res < tol and kish >= _KISH_FINAL:
             on = mu > 0.0

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from ...errors import ConvergenceError, EdgeOfNormalisabilityError
-from ._draws import _DEBUG, _Diverged
+from ._draws import _DEBUG, _Diverged, _log
 from ._edge import _LeftEdge, _newton_edge
 from ._samples import _KISH_FINAL, _KISH_REDRAW, _KISH_TRUST, _all_kernel, _all_moments, _kernel_of, _record, _reweight
 
@@ -86,7 +86,7 @@ def _solve(draw, y, lam, c, tol, max_iter, condense=True, max_grow=_MAX_GROW):
                 err.residuals = hist + list(err.residuals)
                 raise
             if _DEBUG:
-                print(f"  recovery {attempt + 1}: {str(err)[:80]}... -> {2 * draw.n_keep} per chain")
+                _log.debug(f"  recovery {attempt + 1}: {str(err)[:80]}... -> {2 * draw.n_keep} per chain")
             hist, it = hist + list(err.residuals), it + len(err.residuals)
             v0, at_edge = draw.v_good, isinstance(err, EdgeOfNormalisabilityError)
             draw.grow(2 * draw.n_keep)
@@ -164,7 +164,7 @@ def _newton(draw, y, lam, c, tol, max_iter, v0=None, condense=True, at_edge=Fals
             res = max(res, float(np.linalg.norm(Phip - Phi) / max(np.linalg.norm(Phi), 1e-300)))
         tau_now = _record(history, taus, draw, v, res)
         if _DEBUG:
-            print(f"it {it} res {res:.3g} |g| {np.linalg.norm(g):.3g} kish {kish:.3f} tau {tau_now:.4f} "
+            _log.debug(f"it {it} res {res:.3g} |g| {np.linalg.norm(g):.3g} kish {kish:.3f} tau {tau_now:.4f} "
                   f"draws {n_draws} is {draw.used_is} |v| {np.linalg.norm(v):.3g}")
         if _pinned_at_edge(history, taus) and condense:
             try:

@@ -4,6 +4,7 @@ reports the achieved Monte Carlo error, and that error covers the seed-to-seed s
 import numpy as np
 import pytest
 
+from symtransfer.errors import ConvergenceWarning
 from symtransfer.theory.adaptive import AdaptiveKernel
 
 
@@ -24,7 +25,9 @@ def test_mc_tol_chooses_the_sample_size_and_reports_it():
     assert tight.mc_std_ <= loose.mc_std_ / 3
     f, sd = tight.predict(X, return_std=True)
     np.testing.assert_allclose(np.sqrt(np.mean(sd**2)), tight.mc_std_, rtol=1e-12)
-    capped = AdaptiveKernel("tanh", gamma=1.0, n_samples=1024, n_chains=16, mc_tol=1e-9, max_samples=4096).fit(X, y)
+    with pytest.warns(ConvergenceWarning, match="above mc_tol"):   # a missed mc_tol is not silent
+        capped = AdaptiveKernel("tanh", gamma=1.0, n_samples=1024, n_chains=16, mc_tol=1e-9,
+                                max_samples=4096).fit(X, y)
     assert capped.n_samples_ == 4096 and capped.mc_std_ > 1e-9
 
 

@@ -40,13 +40,14 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import numpy as np
 
 from ..._validation import check_int, check_real, check_Xy
 from ...activations import apply_elementwise, get_activation
 from ...base import TransferEstimator
-from ...errors import ConvergenceError, EdgeOfNormalisabilityError, NoSaddlePointError
+from ...errors import ConvergenceError, ConvergenceWarning, EdgeOfNormalisabilityError, NoSaddlePointError
 from ._draws import _Diverged, _ESSDraw, _asymptotic_slopes
 from ._interior import _solve
 from ._linalg import _one_blas_thread
@@ -83,6 +84,29 @@ def _public_errors(fit):
 
 _LARGE_VARIANCE = 1e2
 _MC_TOL_ROUNDS = 4   # solves at most for one mc_tol request
+
+
+def _solve_to_mc_tol(model, solve, n_samples, granule, mc_tol, max_samples):
+    """``solve(n)``, repeated with more samples until the Monte Carlo error of the training
+    predictions is at most ``mc_tol`` (docs/adaptive.md section 7); sets ``mc_std_`` and
+    ``n_samples_total_``, and warns when ``max_samples`` or the round limit stops it short."""
+    total = 0
+    for _ in range(_MC_TOL_ROUNDS):
+        solve(n_samples)
+        total += model.n_samples_
+        model.mc_std_ = model._train_std()
+        if mc_tol is None or model.mc_std_ <= mc_tol or n_samples >= max_samples:
+            break
+        # the error of a mean over n samples falls like n^-1/2; 20 % over the estimate, so that
+        # the scatter of the error estimate itself rarely asks for one more round
+        want = n_samples * 1.2 * (model.mc_std_ / mc_tol) ** 2
+        n_samples = min(max_samples, granule * math.ceil(want / granule))
+    model.n_samples_total_ = total
+    if mc_tol is not None and model.mc_std_ > mc_tol:
+        warnings.warn(ConvergenceWarning(
+            f"{type(model).__name__}: Monte Carlo error {model.mc_std_:.3g} of the predictions is above "
+            f"mc_tol = {mc_tol:g} after {total} samples in all (last solve {model.n_samples_}, max_samples "
+            f"{max_samples}); raise max_samples or loosen mc_tol"), stacklevel=3)
 
 
 def _rediagnosed(exc, X, s2):
@@ -181,8 +205,9 @@ class AdaptiveKernel(_AdaptiveBase, TransferEstimator):
         Wanted Monte Carlo standard error of the predictions (root mean square over the training inputs,
         as reported by ``predict(X, return_std=True)``, docs/adaptive.md eq. (A.4)). The solve is repeated
         with the sample size scaled by ``(achieved / mc_tol)^2`` (the error falls like
-        ``n_samples^-1/2``) until it is met or ``max_samples`` is reached. ``None``: one solve with
-        ``n_samples``.
+        ``n_samples^-1/2``) until it is met or ``max_samples`` is reached (at most 4 solves; a
+        :class:`~symtransfer.errors.ConvergenceWarning` says when it was not met). ``None``: one solve
+        with ``n_samples``.
     max_samples : int
         Largest sample size ``mc_tol`` may ask for (memory grows like ``max_samples * P``).
 
@@ -276,18 +301,8 @@ class AdaptiveKernel(_AdaptiveBase, TransferEstimator):
             self.__dict__.pop(k, None)
         mc_tol = None if self.mc_tol is None else check_real("mc_tol", self.mc_tol, low=0.0, low_open=True)
         max_samples = check_int("max_samples", self.max_samples, low=n_samples)
-        total = 0
-        for _ in range(_MC_TOL_ROUNDS):
-            self._fit(X, y, act, gamma, lam, T, n_samples, n_chains, tol, max_iter, seed)
-            total += self.n_samples_
-            self.mc_std_ = self._train_std()
-            if mc_tol is None or self.mc_std_ <= mc_tol or n_samples >= max_samples:
-                break
-            # the error of a mean over n samples falls like n^-1/2; 20 % over the estimate, so that
-            # the scatter of the error estimate itself rarely asks for one more round
-            want = n_samples * 1.2 * (self.mc_std_ / mc_tol) ** 2
-            n_samples = min(max_samples, n_chains * math.ceil(want / n_chains))
-        self.n_samples_total_ = total
+        _solve_to_mc_tol(self, lambda n: self._fit(X, y, act, gamma, lam, T, n, n_chains, tol, max_iter, seed),
+                         n_samples, n_chains, mc_tol, max_samples)
         self.n_features_in_ = X.shape[1]
         _set_history(self, X, y, eval_set)
         return self
@@ -445,15 +460,7 @@ class AdaptiveTransfer(_AdaptiveBase, TransferEstimator):
         mc_tol = None if mc_tol is None else check_real("mc_tol", mc_tol, low=0.0, low_open=True)
         max_samples = check_int("max_samples", src.max_samples if self.max_samples is None else self.max_samples,
                                 low=n_samples)
-        total = 0
-        for _ in range(_MC_TOL_ROUNDS):
-            self._fit(X2, y2, n_samples)
-            total += self.n_samples_
-            self.mc_std_ = self._train_std()
-            if mc_tol is None or self.mc_std_ <= mc_tol or n_samples >= max_samples:
-                break
-            n_samples = min(max_samples, 64 * math.ceil(n_samples * 1.2 * (self.mc_std_ / mc_tol) ** 2 / 64))
-        self.n_samples_total_ = total
+        _solve_to_mc_tol(self, lambda n: self._fit(X2, y2, n), n_samples, 64, mc_tol, max_samples)
         self.n_features_in_ = X2.shape[1]
         _set_history(self, X2, y2, eval_set)
         return self

@@ -94,7 +94,7 @@ def _solve_to_mc_tol(model, solve, n_samples, granule, mc_tol, max_samples):
     for _ in range(_MC_TOL_ROUNDS):
         solve(n_samples)
         total += model.n_samples_
-        model.mc_std_ = model._train_std()
+        model.__dict__.pop("_mc_std", None)   # mc_std_ is computed on first use (a second error pass)
         if mc_tol is None or model.mc_std_ <= mc_tol or n_samples >= max_samples:
             break
         # the error of a mean over n samples falls like n^-1/2; 20 % over the estimate, so that
@@ -153,8 +153,9 @@ def _set_history(model, X, y, eval_set):
     iterates of the saddle point are not models of a network (their kernels are not self-consistent);
     ``residuals_`` keeps the solver's own trace."""
     test = [] if eval_set is None else [float(np.mean((model.predict(eval_set[0]) - eval_set[1]) ** 2))]
+    # on the training inputs predict() is Phi_ v_ (eq. (2.5)); the cross-kernel quadrature is not needed
     model.history_ = {"time": np.array([float(model.n_iter_)]),
-                      "train_loss": np.array([float(np.mean((model.predict(X) - y) ** 2))]),
+                      "train_loss": np.array([float(np.mean((model.Phi_ @ model.v_ - y) ** 2))]),
                       "test_loss": np.array(test, dtype=np.float64)}
 
 

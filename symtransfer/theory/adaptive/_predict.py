@@ -75,13 +75,24 @@ class _AdaptiveBase:
             return f, np.zeros_like(f)
         return f, self._predict_std(F, k, X)
 
+    @property
+    def mc_std_(self):
+        """Root mean square Monte Carlo error of the predictions on the training inputs (eq. (A.4));
+        computed on first access (it costs one more error pass over the samples)."""
+        if "_mc_std" not in self.__dict__:
+            self._check_fitted()
+            self._mc_std = self._train_std()
+        return self._mc_std
+
     def _train_std(self):
         """Root mean square Monte Carlo error of the predictions on the training inputs (eq. (A.4))."""
         if self._rep is None:
             return 0.0
-        k, F = self._cross(self.X_)
-        return float(np.sqrt(np.mean(self._predict_std(F, k, self.X_) ** 2)))
+        # on the training inputs the cross kernel is Phi_ and the conditional features are the samples'
+        # own (they lie in the span): no quadrature, no weighted sum over the sample set
+        return float(np.sqrt(np.mean(self._predict_std(self._psi.copy(), self.Phi_, self.X_) ** 2)))
 
+    @_one_blas_thread
     def _predict_std(self, F, k, X):
         rep, psi, v, c = self._rep, self._psi, self.v_, self._c
         w, weff, s = rep.w, rep.weff, psi @ v

@@ -11,8 +11,9 @@ images, the rest held out; temperature = weight decay = 1.
 Prints
 
 1. the theory solve time to relative residual ``--tol`` with the held-out predictions (Numba
-   compilation excluded: a warm-up solve runs first; median of ``--repeats`` runs, each printed) and
-   the Monte Carlo error of those predictions;
+   compilation excluded: a warm-up solve runs first; median over ``--repeats`` solver seeds, each
+   printed), the reported Monte Carlo error of those predictions and the seed-to-seed scatter that
+   checks it (when the scatter exceeds 1.5 times the reported error, the comparison uses the scatter);
 2. per width and run length (shortest first, time-averaged predictor over the last 80 %), the
    simulation time and its RMS gap to the theory. The gap combines both errors,
    ``gap^2 ~ sd_theory^2 + err_sim^2``, so the simulation "reaches the same accuracy" when
@@ -130,7 +131,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, nargs="+", default=[2500, 5000, 10000, 20000])
     ap.add_argument("--tol", type=float, default=1e-3)
     ap.add_argument("--n-samples", type=int, default=32768)
-    ap.add_argument("--repeats", type=int, default=3, help="theory timings (median reported)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="theory solves, solver seeds 0..repeats-1 (median time; their scatter checks the MC error)")
     args = ap.parse_args(argv)
     for gamma in args.gammas:
         run(args, gamma)
@@ -148,20 +150,34 @@ def run(args, gamma):
     # compile every kernel the timed run uses (fit, and predict's conditional quadrature)
     AdaptiveKernel(args.act, gamma=args.gamma, n_samples=1024, tol=1e-2).fit(X[:10], y[:10]).predict(
         Xt[:5], return_std=True)
-    # the theory is deterministic (seeded): time it --repeats times and take the median
-    times = []
-    for _ in range(args.repeats):
+    # one solve per solver seed 0, 1, ...: the median is the time, and the seed-to-seed scatter of the
+    # predictions checks the reported Monte Carlo error (at the edge it is larger, docs/adaptive.md
+    # section 7); the gaps below are to the seed-0 solve
+    times, preds, sds = [], [], []
+    for seed in range(args.repeats):
         t0 = time.perf_counter()
-        theory = AdaptiveKernel(args.act, gamma=args.gamma, n_samples=args.n_samples, tol=args.tol).fit(X, y)
-        f, sd = theory.predict(Xt, return_std=True)
+        model = AdaptiveKernel(args.act, gamma=args.gamma, n_samples=args.n_samples, tol=args.tol,
+                               seed=seed).fit(X, y)
+        f_s, sd_s = model.predict(Xt, return_std=True)
         times.append(time.perf_counter() - t0)
+        preds.append(f_s)
+        sds.append(float(np.sqrt(np.mean(sd_s**2))))
+        if seed == 0:
+            theory, f = model, f_s
     t_theory = float(np.median(times))
-    rms_sd = float(np.sqrt(np.mean(sd**2)))
+    rms_sd = sds[0]
+    scatter = float(np.sqrt(np.mean(np.var(preds, axis=0, ddof=1)))) if len(preds) > 1 else math.nan
     print(f"theory ({args.act}, gamma={args.gamma}, P={args.P}, {args.n_samples} samples): {t_theory:.2f} s "
-          f"(median of {', '.join(f'{t:.2f}' for t in times)}; "
+          f"(median over solver seeds 0-{args.repeats - 1}: {', '.join(f'{t:.2f}' for t in times)}; seed 0: "
           f"{theory.n_iter_} Newton iterations, {theory.n_draws_} draws, residual {theory.residual_:.1e}, "
-          f"MC error of {len(Xt)} held-out predictions {rms_sd:.3g}; condensate directions "
-          f"{theory.condensate_weights_.size})", flush=True)
+          f"condensate directions {theory.condensate_weights_.size}); MC error of {len(Xt)} held-out "
+          f"predictions: reported {', '.join(f'{e:.3g}' for e in sds)}, seed-to-seed scatter {scatter:.3g}",
+          flush=True)
+    if scatter > 1.5 * rms_sd:
+        # the reported error misses part of the scatter: the honest error is the observed one
+        print(f"gamma={args.gamma}: the seed scatter exceeds the reported error; the comparison below uses "
+              f"{scatter:.3g}", flush=True)
+        rms_sd = scatter
 
     # gap^2 ~ (theory MC error)^2 + (simulation error)^2: the simulation is at least as accurate as
     # the theory when gap <= sqrt(2) MC errors; the looser 2 MC errors is reported alongside

@@ -10,7 +10,7 @@ from sklearn.exceptions import NotFittedError
 
 from symtransfer.theory.adaptive import AdaptiveKernel, AdaptiveTransfer
 
-from test_adaptive import _assert_kkt, _image, condensed  # noqa: F401 (condensed is a fixture)
+from test_adaptive import _assert_kkt
 
 
 def _sign_task():
@@ -57,62 +57,6 @@ def test_digits_transfer_from_condensed_source_solves_at_defaults():
     assert np.linalg.eigvalsh(tgt.Phi_).min() > -1e-10
     # transfer helps over the lazy predictor on this pair (test error well below 1, the error of f = 0)
     assert tgt.test_error(d.X_test, d.y_test) < 0.5
-
-
-def _near_edge(img, tau, seed=0):
-    """A random target ``v`` scaled so that the target's normalisability index (A.3) is ``tau``, and the
-    ascent's directions (the sampler's pool, handed to the image as ``dirs``)."""
-    from symtransfer.theory.adaptive._draws import _kappa
-
-    rng = np.random.default_rng(seed)
-    v = rng.standard_normal(img.L2.shape[0])
-    starts = rng.standard_normal((256, img.L2.shape[1]))
-    k = 2.0 * img.c2 * img.s2c
-    kap, E, vals = _kappa(v, img.L2, img.slopes, starts, n_ascent=50)
-    v = v * math.sqrt(tau / (k * kap))
-    img.dirs = E[np.argsort(vals)[::-1][:64]]
-    return v, E[np.argmax(vals)]
-
-
-@pytest.mark.parametrize("tau", [0.9, 0.99])
-def test_source_condensate_image_sees_its_pole_at_the_target_edge(condensed, tau):
-    """(A.7): F_j is not concave; near the target's edge its maximum lies far out along the critical
-    direction e, where F_j(t e) ~ c2 beta^2 / (1 - tau_e) (a pole: the image's barrier). The pattern
-    iteration from delta = 0 alone found only the local maximum near m u_j (on the issue-15 transfer
-    F* = 0.018 against 3.4 on the ray), so the solver saw no barrier and pressed against the edge."""
-    model, _, _, Xt = condensed
-    img = _image(model, Xt[:12], m=0.5, s2c=0.5)
-    v, e = _near_edge(img, tau)
-    sol = img.solve(v)
-    assert sol is not None
-    t = np.linspace(0.0, 400.0, 40001)
-    ap, am = img.slopes
-    for j in range(img.h0.shape[1]):
-        pre = img.h0[:, j][None, :] + t[:, None] * (img.L2 @ e)[None, :]
-        ray = -t**2 / (2 * img.s2c) + img.c2 * (np.where(pre > 0, ap * pre, am * pre) @ v) ** 2
-        # the grid's own resolution error is far below 1e-6 relative at these t
-        assert sol[1][j] >= ray.max() * (1.0 - 1e-6) - 1e-12
-
-
-def test_source_condensate_image_beyond_the_edge_reports_a_true_ray(condensed):
-    """Beyond the target's edge F_j is unbounded and the image says so (None) and records the ray, which
-    the sampler's normalisability estimate takes as a cut: every recorded ray must itself have
-    tau_e >= 1. (With kinks pinned the old test declared F_j unbounded on rays with tau_e ~ 0.03-0.09,
-    and 20 retractions in a row could not remove the "divergence".)"""
-    model, _, _, Xt = condensed
-    img = _image(model, Xt[:12], m=0.5, s2c=0.5)
-    k = 2.0 * img.c2 * img.s2c
-    ap, am = img.slopes
-    for seed in range(5):
-        v, _ = _near_edge(img, 1.05, seed)
-        img.rays.clear()
-        assert img.solve(v) is None and img.rays
-        for r in img.rays:
-            h = img.L2 @ r
-            assert k * (v @ np.where(h > 0, ap * h, am * h)) ** 2 >= 1.0 - 1e-9
-        v, _ = _near_edge(img, 0.8, seed)
-        img.rays.clear()
-        assert img.solve(v) is not None and not img.rays
 
 
 # ---------------------------------------------------------------------------------- contract

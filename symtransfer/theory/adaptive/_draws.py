@@ -142,11 +142,6 @@ class _ESSDraw:
         if self.c == 0.0:
             return 0.0
         starts = self.pool if extra is None else np.vstack([self.pool, extra])
-        if self.extra is not None and self.extra.rays:
-            # directions where the image of a source condensate (A.7) found the target tilt beating
-            # its prior: cutting planes of the same domain
-            starts = np.vstack([starts, np.asarray(self.extra.rays)])
-            self.extra.rays.clear()
         k, E, vals = _kappa(v, self.L, self.slopes, starts)
         if E is not None:
             order = np.argsort(vals)[::-1]
@@ -157,9 +152,6 @@ class _ESSDraw:
                 if np.max(np.abs(np.asarray(keep) @ E[i])) < 0.999:
                     keep.append(E[i])
             self.pool = np.asarray(keep)
-            if self.extra is not None:
-                # the image of a source condensate (A.7) looks for its far maxima along these directions
-                self.extra.dirs = self.pool
         return 2.0 * self.c * self.s2 * k
 
     def critical(self, v, tau_min):

@@ -87,19 +87,7 @@ def _newton_edge(draw, y, lam, c, tol, max_iter, v, ss, history, taus, n_draws):
     v = retract(v)
     for it in range(it0 + 1, it0 + max_iter + 1):
         w, s, lnZ, kish = _reweight(ss, v, c)
-        try:
-            g, H = _all_moments(draw, ss, v, w, s, c, lam, y)
-        except _Diverged:
-            # the image of a source condensate (A.7) is unbounded at v: it has handed the direction
-            # to the pool of tau (a cut the chains had not found), so the retraction now sees it
-            n_fail += 1
-            if n_fail > 20:
-                raise EdgeOfNormalisabilityError(
-                    "the image of the source condensate stayed unbounded along the constrained Newton path "
-                    "at the edge (eq. (A.7))", history, taus) from None
-            vr = retract(v)
-            v = vr if draw.tau(vr) < draw.tau(v) else 0.99 * v
-            continue
+        g, H = _all_moments(draw, ss, v, w, s, c, lam, y)
         Ecrit, F = draw.critical(v, 0.8 * _TAU_CONDENSE)
         sig = np.sign(F @ v)
         A = sig[:, None] * F

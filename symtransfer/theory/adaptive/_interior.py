@@ -147,17 +147,7 @@ def _newton(draw, y, lam, c, tol, max_iter, v0=None, condense=True, at_edge=Fals
 
     for it in range(1, max_iter + 1):
         w, s, lnZ, kish = _reweight(ss, v, c)
-        try:
-            g, H = _all_moments(draw, ss, v, w, s, c, lam, y)
-        except _Diverged:
-            # the image of a source condensate (A.7) is unbounded at v (a start inherited from another
-            # stage): retreat towards the draw point, or inwards when v is the draw point
-            n_fail += 1
-            if n_fail > 20:
-                raise ConvergenceError("the image of the source condensate stayed unbounded along the Newton "
-                                       "path (eq. (A.7))", history) from None
-            v = 0.8 * v if np.array_equal(v, ss.v0) else ss.v0 + 0.25 * (v - ss.v0)
-            continue
+        g, H = _all_moments(draw, ss, v, w, s, c, lam, y)
         # the kernel residual alone vanishes at any v when the tilt is weak: include the dual equation
         res = float(np.linalg.norm(g) / max(np.linalg.norm(y), 1e-300))
         if res < tol:

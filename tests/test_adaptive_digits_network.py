@@ -13,10 +13,10 @@ scatter (rms over the test images of the per-image sd between seeds): 0.023 at N
 0.010 at N = 1000 (2 seeds), i.e. ``c = 0.32-0.36``. Per-seed RMS gap to a 262144-sample theory
 (MC sd 0.0047): 0.023 (N = 250), 0.011 (N = 1000), 0.0064 (N = 4000), against
 ``sqrt(sd^2 + c^2/N)`` = 0.023, 0.012, 0.0075. The theory's quenched average has a bias O(1/n_inner)
-from its per-group normalisation: at the default ``n_inner = 8`` the transfer predictor is 0.029 rms
+from its per-group normalisation: at ``n_inner = 8`` (the default before issue 15) the transfer predictor is 0.029 rms
 from the 262144-sample ``n_inner = 32`` solution (two seeds; combined Monte Carlo error 0.008; as
 large as the N = 250 gap); 32 and 64 agree within Monte
-Carlo error (0.007 against 0.008), so this test uses ``n_inner = 32``.
+Carlo error (0.007 against 0.008), so the default is now ``n_inner = 32`` (passed explicitly here).
 """
 
 import numpy as np

@@ -12,6 +12,7 @@ from threadpoolctl import ThreadpoolController
 _blas_threads = 1
 _BIG_GRAM = 2**27   # n P^2 above which a Gram matrix is worth the BLAS thread pool
 _BLOCK = 2048       # rows per block of weighted sums over samples (_wsum)
+_depth = 0          # nesting of _one_blas_thread calls (only the outermost sets the policy)
 _controller = None  # scanning the loaded libraries costs ~4 ms: once per process
 
 
@@ -34,14 +35,20 @@ def _one_blas_thread(method):
     """
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
-        global _blas_threads
+        global _blas_threads, _depth
+        if _depth:
+            # nested (a transfer solving its scratch model, an error pass inside predict): the outer call
+            # already limited the pool, and reading it again here would see one thread only
+            return method(*args, **kwargs)
         info = [i["num_threads"] for i in _blas().info() if i["user_api"] == "blas"]
         with _blas().limit(limits=1, user_api="blas"):
             outer, _blas_threads = _blas_threads, max(info, default=1)
+            _depth += 1
             try:
                 return method(*args, **kwargs)
             finally:
                 _blas_threads = outer
+                _depth -= 1
     return wrapper
 
 

@@ -84,6 +84,7 @@ class _AdaptiveBase:
             self._mc_std = self._train_std()
         return self._mc_std
 
+    @_one_blas_thread
     def _train_std(self):
         """Root mean square Monte Carlo error of the predictions on the training inputs (eq. (A.4))."""
         if self._rep is None:
@@ -92,7 +93,6 @@ class _AdaptiveBase:
         # own (they lie in the span): no quadrature, no weighted sum over the sample set
         return float(np.sqrt(np.mean(self._predict_std(self._psi.copy(), self.Phi_, self.X_) ** 2)))
 
-    @_one_blas_thread
     def _predict_std(self, F, k, X):
         rep, psi, v, c = self._rep, self._psi, self.v_, self._c
         w, weff, s = rep.w, rep.weff, psi @ v

@@ -172,7 +172,8 @@ def run(args, gamma):
           f"(median over solver seeds 0-{args.repeats - 1}: {', '.join(f'{t:.2f}' for t in times)}; seed 0: "
           f"{theory.n_iter_} Newton iterations, {theory.n_draws_} draws, residual {theory.residual_:.1e}, "
           f"condensate directions {theory.condensate_weights_.size}); MC error of {len(Xt)} held-out "
-          f"predictions: reported {', '.join(f'{e:.3g}' for e in sds)}, seed-to-seed scatter {scatter:.3g}",
+          f"predictions: reported {', '.join(f'{e:.3g}' for e in sds)}, seed-to-seed scatter "
+          f"{'n/a (one seed)' if math.isnan(scatter) else f'{scatter:.3g}'}",
           flush=True)
     if scatter > 1.5 * rms_sd:
         # the reported error misses part of the scatter: the honest error is the observed one

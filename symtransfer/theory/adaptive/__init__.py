@@ -559,7 +559,7 @@ class AdaptiveTransfer(_AdaptiveBase, TransferEstimator):
         self._set_from_samples(rep, ss.psi, Phi, v, H, c2, n_groups=n_outer)   # Phi: with the image
         self._set_condensate(cond, V2, _asymptotic_slopes(act))
         if draw.extra is not None:
-            self._cond_src = (draw.extra.directions(v), draw.extra.rho, draw.extra.slopes)
+            self._cond_src = (*draw.extra.neurons(v), draw.extra.slopes)
         self.converged_, self.n_iter_, self.n_draws_ = True, n_iter, n_draws
         self.residuals_ = hist
         self.residual_ = hist[-1]

@@ -142,6 +142,11 @@ class _ESSDraw:
         if self.c == 0.0:
             return 0.0
         starts = self.pool if extra is None else np.vstack([self.pool, extra])
+        if self.extra is not None and self.extra.rays:
+            # rays along which the image of a source condensate (A.7) found the target tilt beating its
+            # prior: cutting planes of the same domain that the chains may not have found
+            starts = np.vstack([starts, np.asarray(self.extra.rays)])
+            self.extra.rays.clear()
         k, E, vals = _kappa(v, self.L, self.slopes, starts)
         if E is not None:
             order = np.argsort(vals)[::-1]
@@ -152,6 +157,8 @@ class _ESSDraw:
                 if np.max(np.abs(np.asarray(keep) @ E[i])) < 0.999:
                     keep.append(E[i])
             self.pool = np.asarray(keep)
+            if self.extra is not None:
+                self.extra.dirs = self.pool   # where the image looks for its far maxima
         return 2.0 * self.c * self.s2 * k
 
     def critical(self, v, tau_min):

@@ -19,22 +19,7 @@ _COARSE_MIN_KEEP = 16  # ... when that leaves at least this many
 _COARSE_TOL = 1e-2   # and stops here: its answer is only a starting point for the full sample set
 _MAX_LEAVE = 3       # returns from the edge solver to the interior per Newton run
 _MAX_GROW = 2        # recoveries on doubled samples per chain before a failure is reported
-
-
-def _descends_in_gradient(draw, ss, vt, wt, st, c, lam, y, g, t):
-    """Whether ``|grad E|`` falls by the Armijo fraction at ``vt`` (the merit function of Newton's
-    method for the stationarity equation).
-
-    Used with the image of a source condensate (eq. (A.7)), whose potential is a maximum over
-    directions found by iterating sign patterns: where the patterns cycle the maximiser found is not
-    exactly stationary and the potential's value and its gradient disagree, so the value test can
-    reject every step although the gradient, which defines the saddle point, still decreases.
-    """
-    try:
-        gt, _ = _all_moments(draw, ss, vt, wt, st, c, lam, y)
-    except _Diverged:
-        return False
-    return float(np.linalg.norm(gt)) <= (1.0 - 1e-4 * t) * float(np.linalg.norm(g))
+_STALL = 12          # Newton iterations without a 10 % better residual: stuck on a kink of the image (A.7)
 
 
 def _pinned_at_edge(history, taus, window=6):
@@ -147,7 +132,18 @@ def _newton(draw, y, lam, c, tol, max_iter, v0=None, condense=True, at_edge=Fals
 
     for it in range(1, max_iter + 1):
         w, s, lnZ, kish = _reweight(ss, v, c)
-        g, H = _all_moments(draw, ss, v, w, s, c, lam, y)
+        try:
+            g, H = _all_moments(draw, ss, v, w, s, c, lam, y)
+        except _Diverged:
+            # the image of a source condensate (A.7) found, on its search for new maxima, a ray along
+            # which it is unbounded at v (handed to the sampler's tau as a cut): retreat towards the
+            # draw point, or inwards when v is the draw point
+            n_fail += 1
+            if n_fail > 20:
+                raise ConvergenceError("the image of the source condensate stayed unbounded along the Newton "
+                                       "path (eq. (A.7))", history) from None
+            v = 0.8 * v if np.array_equal(v, ss.v0) else ss.v0 + 0.25 * (v - ss.v0)
+            continue
         # the kernel residual alone vanishes at any v when the tilt is weak: include the dual equation
         res = float(np.linalg.norm(g) / max(np.linalg.norm(y), 1e-300))
         if res < tol:
@@ -163,6 +159,13 @@ def _newton(draw, y, lam, c, tol, max_iter, v0=None, condense=True, at_edge=Fals
                     Phip = np.full_like(Phi, np.inf)
             res = max(res, float(np.linalg.norm(Phip - Phi) / max(np.linalg.norm(Phi), 1e-300)))
         tau_now = _record(history, taus, draw, v, res)
+        if (draw.extra is not None and len(history) > _STALL
+                and min(history[-_STALL:]) > 0.9 * min(history[:-_STALL])):
+            # the potential of a condensed source's image (A.7) has kinks where two maxima of F_j
+            # swap; damped Newton can zigzag across one without progress: a restart (finer samples,
+            # from the last draw point) gets off it
+            raise ConvergenceError(f"the Newton path stalled: no progress of the residual in {_STALL} "
+                                   f"iterations (last {res:.3g})", history)
         if _DEBUG:
             _log.debug(f"it {it} res {res:.3g} |g| {np.linalg.norm(g):.3g} kish {kish:.3f} tau {tau_now:.4f} "
                   f"draws {n_draws} is {draw.used_is} |v| {np.linalg.norm(v):.3g}")
@@ -207,11 +210,9 @@ def _newton(draw, y, lam, c, tol, max_iter, v0=None, condense=True, at_edge=Fals
              if draw.has_edge and -slope > _FULL_STEP else 1.0)
         while True:
             vt = v + t * d
-            wt, st, lnZt, kisht = _reweight(ss, vt, c)
+            _, _, lnZt, kisht = _reweight(ss, vt, c)
             if kisht >= _KISH_TRUST and draw.tau(vt) <= tau_max:
                 if energy(vt, lnZt) <= E0 + 1e-4 * t * slope:
-                    break
-                if draw.extra is not None and _descends_in_gradient(draw, ss, vt, wt, st, c, lam, y, g, t):
                     break
             t *= 0.5
             if t < 1e-10:

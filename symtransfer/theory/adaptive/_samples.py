@@ -75,7 +75,8 @@ def _all_moments(draw, ss, v, w, s, c, lam, y):
     """:func:`_moments` plus, in transfer from a condensed source, its image (eq. (A.7))."""
     g, H = _moments(ss, v, w, s, c, lam, y)
     if draw.extra is not None:
-        g, H = g + draw.extra.kernel(v) @ v, H + draw.extra.hessian(v)
+        gx, Hx = draw.extra.moments(v)
+        g, H = g + gx, H + Hx
     return g, _at_least(H, lam)
 
 

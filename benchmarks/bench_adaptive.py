@@ -31,7 +31,8 @@ ReLU at P = 200 solves inside the normalisable domain up to gamma ~ 0.5; at gamm
 lies on its edge and carries a condensate (docs/adaptive.md, section 2). Measured on an idle 2-core
 machine on 2026-12-02 (docs/adaptive.md, section 7): gamma = 0.3: theory 1.79 s (MC error 0.0074, seed
 scatter 0.0093); as accurate as the theory: N = 1000 x 20000 steps, 54.5 s, ratio 30.4x (target >= 100x);
-gamma = 1: theory 10.7 s, reported error 0.012 (before the edge factor of docs/adaptive.md section 7; now ~0.0175) but seed scatter 0.023, reached by N = 250 x 2500 steps
+gamma = 1: theory 10.7 s, reported error 0.012 (before the edge factor of docs/adaptive.md section 7;
+now ~0.0175) but seed scatter 0.023, reached by N = 250 x 2500 steps
 (1.9 s): ratio 0.2x; ESS draw Numba vs NumPy 126x.
 """
 

@@ -43,6 +43,7 @@ class _SourceCondensate:
         self.k = 2.0 * c2 * s2c
         self.rays = []       # unbounded directions found (span coordinates), read by _ESSDraw.tau
         self.dirs = None     # the sampler's pool of critical directions (set by _ESSDraw.tau)
+        self.eps = None   # temperature of the log-sum-exp over maxima (set at the first tilted solve)
         # per source direction, the best distinct maximisers found so far: starts that keep a branch
         self._archive = [[] for _ in range(W.shape[0])]
         self._rng = np.random.default_rng(12345)   # exploration starts: a fixed stream, reproducible
@@ -206,12 +207,11 @@ class _SourceCondensate:
         ``F_j*``; ``None`` when some ``F_j`` is unbounded (the target tilt beats its prior along a ray).
 
         Where two local maxima of ``F_j`` are (nearly) equally high the potential ``max F_j`` has a kink
-        and the solution can sit on it, the image neurons of ``u_j`` splitting between the two. So the
-        gradient and kernel are those of the log-sum-exp of the distinct maxima at a temperature
-        ``eps`` far below their scale (``_EPS_REL`` of the largest maximum, rounded down to a power of
-        2), whose weights ``pi`` are the split; the value stays the maximum (continuous, where a
-        log-sum-exp over a ridge of equal maxima would count the points found on it). Away from ties
-        ``pi = (1, 0, ...)`` and both agree exactly. Each entry is ``(pi, A, Z, pinned, F_j*, eps)``.
+        and the solution can sit on it, the image neurons of ``u_j`` splitting between the two. So
+        ``F_j*`` is the log-sum-exp of the distinct maxima (distinct features ``a``) at a temperature
+        ``eps`` far below their scale (``_EPS_REL`` of the largest maximum at the first tilted solve,
+        then fixed), whose weights ``pi`` are the split; away from ties ``pi = (1, 0, ...)`` and it is
+        the maximum. Each entry is ``(pi, A, Z, pinned, F_j*, eps)``.
         ``explore``: random starts per direction in addition to the deterministic ones.
         """
         key = v.tobytes()
@@ -240,15 +240,17 @@ class _SourceCondensate:
                     self._memo = (key, None)
                     return None
                 # maxima with the same features a (a flat ridge of F_j) are one branch of the potential
-                if all(np.linalg.norm(o[1] - q[1]) > 1e-6 * max(np.linalg.norm(q[1]), 1e-12) for q in found):
+                if all(np.linalg.norm(o[1] - q[1]) > 1e-3 * max(np.linalg.norm(q[1]), 1e-12) for q in found):
                     found.append(o)
             found.sort(key=lambda o: -o[0])
             self._archive[j] = [o[2] for o in found[:_N_KEEP] if np.any(o[2])]
             out.append(found)
         top = max(f[0][0] for f in out)
-        # the temperature follows the scale of the maxima in octaves: constant almost everywhere, so
-        # the gradient needs no term for its change
-        eps = _EPS_REL * 2.0 ** math.floor(math.log2(top)) if top > 0.0 else 1e-300
+        if self.eps is None and top > 0.0:
+            # fixed from the first point with a tilt on: a constant temperature keeps value, gradient
+            # and Hessian of one smooth function
+            self.eps = _EPS_REL * top
+        eps = 1e-300 if self.eps is None else self.eps
         sol = []
         for found in out:
             F = np.array([o[0] for o in found])
@@ -258,7 +260,7 @@ class _SourceCondensate:
             sol.append((e / e.sum(), np.array([o[1] for o, k in zip(found, on) if k]),
                         np.array([o[2] for o, k in zip(found, on) if k]),
                         np.array([o[3] for o, k in zip(found, on) if k]),
-                        float(F[0]), eps))
+                        float(F[0] + eps * math.log(e.sum())), eps))
         self._memo = (key, sol)
         return sol
 

@@ -59,22 +59,23 @@ def test_digits_transfer_from_condensed_source_solves_at_defaults():
     assert tgt.test_error(d.X_test, d.y_test) < 0.5
 
 
-@pytest.fixture(scope="module")
-def condensed_gamma3():
-    """Issue #15's random-data source: relu, gamma = 3, y = sign(x0); 10 condensate directions."""
+@pytest.fixture(scope="module", params=[3.0, 8.0])
+def condensed_source(request):
+    """Issue #15's random-data source: relu, y = sign(x0); gamma 3 (10 condensate directions) and 8 (18)."""
     X = np.random.default_rng(0).standard_normal((30, 12))
-    src = AdaptiveKernel("relu", gamma=3.0, seed=0).fit(X, np.sign(X[:, 0]))
+    src = AdaptiveKernel("relu", gamma=request.param, seed=0).fit(X, np.sign(X[:, 0]))
     _assert_kkt(src, X, np.sign(X[:, 0]))
     return src
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("coupling", [0.3, 1.0, 3.0, 10.0])
-def test_transfer_from_a_condensed_source_solves_at_any_coupling(condensed_gamma3, coupling):
-    """Failed at three of these four couplings (the chains ran away, or the path stalled): the image
-    (A.7) maximised F_j only locally (its value and gradient disagreed by 2.5x and it missed maxima
-    2-5x higher) and the potential's kinks, where two maxima of F_j swap, made Newton zigzag."""
-    src = condensed_gamma3
+def test_transfer_from_a_condensed_source_solves_at_any_coupling(condensed_source, coupling):
+    """Failed at three (gamma 3) and four (gamma 8) of these four couplings (the chains ran away, or the
+    path stalled): the image (A.7) maximised F_j only locally (its value and gradient disagreed by 2.5x
+    and it missed maxima 2-5x higher) and the potential's kinks, where two maxima of F_j swap, made
+    Newton zigzag."""
+    src = condensed_source
     X2 = np.random.default_rng(1).standard_normal((20, 12))
     y2 = np.sign(X2[:, 0] + X2[:, 1])
     tgt = src.transfer(X2, y2, coupling=coupling)

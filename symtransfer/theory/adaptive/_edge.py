@@ -43,6 +43,23 @@ def _edge_qp(H, g, A, r):
     return -(Hg + HA @ mu), mu
 
 
+def _backtrack(ss, c, v, d, slope, E0, energy, retract, t_min):
+    """Armijo backtracking along ``d`` with retraction into the domain: ``(t, v_t, kish_t)``, with
+    ``t < t_min`` when no step is accepted.
+
+    The slabs are tangent planes of a convex domain, so the step ends slightly outside, and they miss
+    directions not yet critical: the true ``tau`` decides, by retraction.
+    """
+    t, vt, kisht = 1.0, v, 0.0
+    while t >= t_min:
+        vt = retract(v + t * d)
+        _, _, lnZt, kisht = _reweight(ss, vt, c)
+        if kisht >= _KISH_TRUST and energy(vt, lnZt) <= E0 + 1e-4 * t * min(slope, 0.0):
+            break
+        t *= 0.5
+    return t, vt, kisht
+
+
 def _newton_edge(draw, y, lam, c, tol, max_iter, v, ss, history, taus, n_draws):
     """Minimise (A.1) over the closed domain ``tau(v) <= 1`` (docs/adaptive.md, section 2, eq. (A.6)).
 
@@ -111,17 +128,7 @@ def _newton_edge(draw, y, lam, c, tol, max_iter, v, ss, history, taus, n_draws):
             ss, v, n_fail = redraw(v, n_fail)
             n_draws += 1
             continue
-        slope = float(g @ d)
-        E0 = energy(v, lnZ)
-        t = 1.0
-        while t >= 1e-10:
-            # the slabs are tangent planes of a convex domain, so the step ends slightly outside, and
-            # they miss directions not yet critical: the true tau decides, by retraction
-            vt = retract(v + t * d)
-            _, _, lnZt, kisht = _reweight(ss, vt, c)
-            if kisht >= _KISH_TRUST and energy(vt, lnZt) <= E0 + 1e-4 * t * min(slope, 0.0):
-                break
-            t *= 0.5
+        t, vt, kisht = _backtrack(ss, c, v, d, float(g @ d), energy(v, lnZ), energy, retract, 1e-10)
         if t < 1e-10:
             if np.array_equal(v, ss.v0):
                 raise EdgeOfNormalisabilityError(

@@ -9,9 +9,9 @@ import numpy as np
 
 from ..._validation import check_inputs
 from ._draws import _kappa
-from ._edge import _TAU_CONDENSE, _edge_qp
+from ._edge import _TAU_CONDENSE, _backtrack, _edge_qp
 from ._linalg import _gram, _group_sums, _matmul, _one_blas_thread, _wsum
-from ._samples import _KISH_TRUST, _SampleSet, _at_least, _batch_stderr, _batch_weight_matrix, _moments, _reweight
+from ._samples import _SampleSet, _at_least, _batch_stderr, _batch_weight_matrix, _moments, _reweight
 
 _EDGE_HALVES = 8      # half-sample re-solves of the edge problem behind the error bar's nonlinearity factor
 _EDGE_RESOLVE_IT = 6  # constrained Newton iterations per re-solve (they start at the solution) ...
@@ -238,13 +238,7 @@ class _AdaptiveBase:
                 d, mu = _edge_qp(H, g, A, b - A @ v)
                 if np.linalg.norm(g + A.T @ mu) / ynorm < _EDGE_RESOLVE_TOL:
                     break
-                slope, E0, t = float(g @ d), energy(v, lnZ), 1.0
-                while t >= 1e-3:
-                    vt = retract(v + t * d)
-                    _, _, lnZt, kisht = _reweight(ss, vt, c)
-                    if kisht >= _KISH_TRUST and energy(vt, lnZt) <= E0 + 1e-4 * t * min(slope, 0.0):
-                        break
-                    t *= 0.5
+                t, vt, _ = _backtrack(ss, c, v, d, float(g @ d), energy(v, lnZ), energy, retract, 1e-3)
                 if t < 1e-3:
                     break   # no descent left at this sample size: v is as good as the samples make it
                 v = vt

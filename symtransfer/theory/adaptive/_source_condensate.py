@@ -92,7 +92,7 @@ class _SourceCondensate:
         return float(cand[i]), float(val[i])
 
     def _ascend(self, v, h0, z0):
-        """Monotone ascent of ``F_j`` from ``z0``: ``(F*, a, delta*, pinned, stationary)`` or ``None``
+        """Monotone ascent of ``F_j`` from ``z0``: ``(F*, a, delta*, pinned)`` or ``None``
         when ``F_j`` is unbounded (the ray is recorded in ``rays``).
 
         Each step goes towards the maximiser of the quadratic that ``F_j`` is on the current cell of
@@ -106,7 +106,6 @@ class _SourceCondensate:
         val = self._value(v, h0, z)
         pinned = np.zeros(len(v), dtype=bool)
         tol = 1e-12
-        stationary = False
         for _ in range(200):
             pre = h0 + L2 @ z
             d = np.where(pre > 0.0, ap, am)
@@ -178,11 +177,10 @@ class _SourceCondensate:
                         break
                 if released:
                     continue
-            stationary = True
             break
         pre = h0 + L2 @ z
         a = pre * np.where(pre > 0.0, ap, am)
-        return val, a, z, pinned, stationary
+        return val, a, z, pinned
 
     # -- all J ----------------------------------------------------------------------------------
     def _starts(self, v):

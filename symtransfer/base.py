@@ -19,9 +19,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
-from ._validation import check_real, check_Xy
+from ._validation import check_int, check_real, check_Xy
 
-__all__ = ["TransferEstimator", "kernel_alignment", "HISTORY_KEYS"]
+__all__ = ["TransferEstimator", "kernel_alignment", "target_seed", "HISTORY_KEYS"]
 
 # Keys every fitted model's ``history_`` has (1-d float arrays; ``test_loss`` empty without eval_set).
 HISTORY_KEYS = ("time", "train_loss", "test_loss")
@@ -65,6 +65,12 @@ def resolve_coupling(coupling, readout_only) -> float:
                              f"coupling={coupling!r}: pass one of them")
         return math.inf
     return delta
+
+
+def target_seed(seed: int) -> int:
+    """Default seed of a model transferred from a source fitted with ``seed``: ``seed + 1``
+    (every model's ``transfer`` and :mod:`symtransfer.protocol` use this one convention)."""
+    return check_int("seed", seed, low=0) + 1
 
 
 def empty_history() -> dict:

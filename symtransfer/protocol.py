@@ -42,6 +42,7 @@ import math
 from sklearn.base import clone
 
 from ._validation import check_int, check_real
+from .base import target_seed
 
 __all__ = [
     "PROTOCOLS",
@@ -60,11 +61,6 @@ PROTOCOLS = ("scratch", "finetune", "joint")
 
 #: ``scratch_seed(seed) - seed``.
 SCRATCH_SEED_OFFSET = 7919
-
-def target_seed(seed: int) -> int:
-    """Seed of a model transferred from the source of replicate ``seed``: ``seed + 1``."""
-    return check_int("seed", seed, low=0) + 1
-
 
 def scratch_seed(seed: int) -> int:
     """Seed of the scratch model of replicate ``seed``: ``seed + 7919`` (:data:`SCRATCH_SEED_OFFSET`)."""

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ._rng import GOLDEN, mix64
 from ._validation import check_inputs, check_int, check_real, check_Xy
 from .activations import get_activation
-from .base import TransferEstimator
+from .base import TransferEstimator, target_seed
 from .errors import DivergenceError, StepTooLargeError
 
 __all__ = ["WideNetwork"]
@@ -520,7 +520,7 @@ class WideNetwork(TransferEstimator):
                 params[k] = v
         if lr is None and self.lr is None:
             params["lr"] = None
-        params["seed"] = self.seed + 1 if seed is None else seed
+        params["seed"] = target_seed(self.seed) if seed is None else seed
         target = WideNetwork(**params)
         tp = target._validated()
         rng = np.random.default_rng(np.random.SeedSequence([tp["seed"], 1]))

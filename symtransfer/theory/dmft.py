@@ -35,7 +35,7 @@ from threadpoolctl import ThreadpoolController
 
 from .._validation import check_inputs, check_int, check_real, check_targets
 from ..activations import get_activation
-from ..base import TransferEstimator
+from ..base import TransferEstimator, target_seed
 from ..errors import ConvergenceWarning, DivergenceError
 
 __all__ = ["GradientFlowDMFT", "StepSizeError"]
@@ -1332,7 +1332,7 @@ class GradientFlowDMFT(TransferEstimator):
                              f"GradientFlowDMFT")
         Xt_all = np.vstack([X2, X2e])
         Href = np.ascontiguousarray(self._features_any(Xt_all, "X2"))
-        seed = self.seed + 1 if seed is None else seed
+        seed = target_seed(self.seed) if seed is None else seed
         params = self.get_params(deep=False)
         params.update(activation=self._act, gamma=gamma, weight_decay=weight_decay, temperature=temperature,
                       population=self.H_.shape[0], dt=self.dt if dt is None else dt,

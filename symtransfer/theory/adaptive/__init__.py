@@ -46,7 +46,7 @@ import numpy as np
 
 from ..._validation import check_int, check_real, check_Xy
 from ...activations import apply_elementwise, get_activation
-from ...base import TransferEstimator
+from ...base import TransferEstimator, target_seed
 from ...errors import ConvergenceError, ConvergenceWarning, EdgeOfNormalisabilityError, NoSaddlePointError
 from ._draws import _Diverged, _ESSDraw, _asymptotic_slopes
 from ._interior import _solve
@@ -481,7 +481,7 @@ class AdaptiveTransfer(_AdaptiveBase, TransferEstimator):
         act, gamma, lam, T = _check_common(self)
         delta = check_real("coupling", self.coupling, low=0.0, allow_inf=True)
         n_inner = check_int("n_inner", self.n_inner, low=2)
-        seed = src.seed + 1 if self.seed is None else check_int("seed", self.seed, low=0)
+        seed = target_seed(src.seed) if self.seed is None else check_int("seed", self.seed, low=0)
         _check_scale(X2, max(src.s2_, T / lam), "X2")
         self.activation_ = src.activation_
         self.X_, self.y_ = X2, y2

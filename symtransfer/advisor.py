@@ -607,6 +607,8 @@ def _equilibrium_task(task, data, cfg, splits):
                     Ke = src.kernel(Xev, Xtr) + s2 * linear_kernel(Xev, Xtr)
                     f = Ke @ np.linalg.solve(K + lam * np.eye(len(K)), ytr)
                 else:
+                    # not the default target_seed(s) = s + 1: that is replicate s + 1's source seed, and
+                    # the replicates' spread is the error bar, so their random streams must not be shared
                     kw = {} if linear else {"seed": s + 1000}
                     f = _quiet(lambda: src.transfer(Xtr, ytr, gamma=g2, weight_decay=lam, temperature=T, coupling=d,
                                                     **kw), notes).predict(Xev)

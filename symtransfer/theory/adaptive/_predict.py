@@ -310,11 +310,37 @@ class _AdaptiveBase:
         self.n_samples_ = len(rep.w)
         self.Phi_ = 0.5 * (Phi + Phi.T)
         self.v_ = v
-        self.Phi_stderr_ = _batch_stderr(psi, rep.w, rep.u, rep.batch, rep.n_batches)
-        norm = float(np.linalg.norm(self.Phi_))
-        err = float(np.linalg.norm(self.Phi_stderr_))
-        # a kernel that vanishes identically (phi = 0) is known exactly: no relative error to report
-        self.mc_error_ = err / norm if norm > 0.0 else (0.0 if err == 0.0 else math.inf)
+        # Phi_stderr_ and mc_error_ are computed on first access (one more pass over the samples)
+        self.__dict__.pop("_Phi_stderr", None)
+        self.__dict__.pop("_mc_error", None)
+
+    @property
+    def Phi_stderr_(self):
+        """Batch-means standard error of every entry of ``Phi_`` at fixed ``v_`` (docs/adaptive.md,
+        section 4); computed on first access."""
+        if "_Phi_stderr" not in self.__dict__:
+            self._check_fitted()
+            rep = self._rep
+            self._Phi_stderr = _batch_stderr(self._psi, rep.w, rep.u, rep.batch, rep.n_batches)
+        return self._Phi_stderr
+
+    @Phi_stderr_.setter
+    def Phi_stderr_(self, value):
+        self._Phi_stderr = value
+
+    @property
+    def mc_error_(self):
+        """``||Phi_stderr_||_F / ||Phi_||_F``; computed on first access."""
+        if "_mc_error" not in self.__dict__:
+            norm = float(np.linalg.norm(self.Phi_))
+            err = float(np.linalg.norm(self.Phi_stderr_))
+            # a kernel that vanishes identically (phi = 0) is known exactly: no relative error to report
+            self._mc_error = err / norm if norm > 0.0 else (0.0 if err == 0.0 else math.inf)
+        return self._mc_error
+
+    @mc_error_.setter
+    def mc_error_(self, value):
+        self._mc_error = value
 
 
 def _distinct(E, tol=0.999):

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from ._draws import _Diverged, _kappa
+from ._image_kernels import ascend_all
 
 _N_RAYS = 4     # most critical directions of the sampler's pool along which far maxima are looked for
 _N_KEEP = 16    # distinct maximisers kept per source direction (branches tracked from point to point)
@@ -34,6 +35,10 @@ class _SourceCondensate:
     a lower estimate of the global maximum that improves along the path, like the estimate of ``tau``.
     Rays along which ``F_j`` is unbounded are handed back in ``rays`` (cutting planes of the same domain
     for the sampler's estimate of ``tau``).
+
+    The line searches and ascents of all starts run in one Numba kernel (:mod:`._image_kernels`, most
+    of the run time of such transfers); this class keeps the archive, the random starts, the
+    log-sum-exp and the derivatives.
     """
 
     def __init__(self, W, rho, slopes, X2, L2, V2, m, s2c, c2):
@@ -48,139 +53,9 @@ class _SourceCondensate:
         self._archive = [[] for _ in range(W.shape[0])]
         self._rng = np.random.default_rng(12345)   # exploration starts: a fixed stream, reproducible
         self._memo = (None, None)
-
-    # -- one F_j --------------------------------------------------------------------------------
-    def _value(self, v, h0, z):
-        pre = h0 + self.L2 @ z
-        a = pre * np.where(pre > 0.0, self.slopes[0], self.slopes[1])
-        return -(z @ z) / (2.0 * self.s2c) + self.c2 * (v @ a) ** 2
-
-    def _line_max(self, v, h0, z, e, T):
-        """``argmax_{0 <= t <= T} F_j(z + t e)`` and its value, exactly (``T`` may be ``inf``): along
-        the line ``F_j`` is a quadratic between the kinks ``t = -pre_i / (L2 e)_i``. ``None`` when
-        ``T = inf`` and ``F_j`` grows without bound along the ray."""
-        ap, am = self.slopes
-        q0, q1 = h0 + self.L2 @ z, self.L2 @ e
-        with np.errstate(divide="ignore", invalid="ignore"):
-            tb = -q0 / q1
-        cut = (q1 != 0.0) & (tb > 0.0) & (tb < T)
-        idx = np.flatnonzero(cut)
-        idx = idx[np.argsort(tb[idx])]
-        pos = np.where(q0 != 0.0, q0 > 0.0, q1 > 0.0)    # side of each kink just after t = 0
-        d = np.where(pos, ap, am)
-        flip = np.where(pos[idx], am - ap, ap - am) * v[idx]
-        al = float((v * d) @ q0) + np.concatenate([[0.0], np.cumsum(flip * q0[idx])])
-        be = float((v * d) @ q1) + np.concatenate([[0.0], np.cumsum(flip * q1[idx])])
-        lo = np.concatenate([[0.0], tb[idx]])
-        hi = np.concatenate([tb[idx], [T]])
-        ee, ze = e @ e, z @ e
-        A2 = self.c2 * be * be - ee / (2.0 * self.s2c)
-        A1 = 2.0 * self.c2 * al * be - ze / self.s2c
-        A0 = self.c2 * al * al - (z @ z) / (2.0 * self.s2c)
-        if math.isinf(T) and A2[-1] >= -1e-12 * ee / (2.0 * self.s2c):
-            # tau_e >= 1 - 1e-12 along the ray: its maximum (a pole ~ 1 / (1 - tau_e)) is out of reach
-            return None
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ts = np.where(A2 < 0.0, -A1 / (2.0 * A2), lo)
-        ts = np.clip(ts, lo, hi)
-        cand = np.concatenate([lo, ts, hi[:-1] if math.isinf(T) else hi])
-        c2 = np.concatenate([A2, A2, A2[:-1] if math.isinf(T) else A2])
-        c1 = np.concatenate([A1, A1, A1[:-1] if math.isinf(T) else A1])
-        c0 = np.concatenate([A0, A0, A0[:-1] if math.isinf(T) else A0])
-        val = (c2 * cand + c1) * cand + c0
-        i = int(np.argmax(val))
-        return float(cand[i]), float(val[i])
-
-    def _ascend(self, v, h0, z0):
-        """Monotone ascent of ``F_j`` from ``z0``: ``(F*, a, delta*, pinned)`` or ``None``
-        when ``F_j`` is unbounded (the ray is recorded in ``rays``).
-
-        Each step goes towards the maximiser of the quadratic that ``F_j`` is on the current cell of
-        sign patterns (on the kink hyperplanes pinned so far), by an exact line search, so ``F_j``
-        never decreases. A step blocked by a concave kink (where ``v_i (a+ - a-) (v . a) < 0``: a
-        ridge) pins it; a pinned kink is released when leaving it increases ``F_j``.
-        """
-        ap, am = self.slopes
-        L2, k, s2c = self.L2, self.k, self.s2c
-        z = z0.copy()
-        val = self._value(v, h0, z)
-        pinned = np.zeros(len(v), dtype=bool)
-        tol = 1e-12
-        for _ in range(200):
-            pre = h0 + L2 @ z
-            d = np.where(pre > 0.0, ap, am)
-            dv = np.where(pinned, 0.0, d * v)
-            u = L2.T @ dv
-            beta = dv @ h0
-            w = u
-            if pinned.any():
-                Ls = L2[pinned]
-                w = u - Ls.T @ np.linalg.lstsq(Ls @ Ls.T, Ls @ u, rcond=None)[0]
-            p = float(v @ (pre * d))
-            if 1.0 - k * (w @ w) <= 0.0:
-                # the cell's quadratic is unbounded along w: go out along it as far as F_j rises
-                e = (1.0 if p >= 0.0 else -1.0) * w
-                out = self._line_max(v, h0, z, e, math.inf)
-                if out is None:
-                    self.rays.append(e / max(float(np.linalg.norm(e)), 1e-300))
-                    return None
-                target_reached = False
-            else:
-                if pinned.any():
-                    Lu = Ls @ u
-                    M = np.block([[np.array([[1.0 - k * (u @ u)]]), -s2c * Lu[None, :]],
-                                  [k * Lu[:, None], s2c * Ls @ Ls.T]])
-                    x = np.linalg.lstsq(M, np.concatenate([[beta], -h0[pinned]]), rcond=None)[0]
-                    target = k * x[0] * u + s2c * Ls.T @ x[1:]
-                else:
-                    target = (k * beta / (1.0 - k * (u @ u))) * u
-                e = target - z
-                out = self._line_max(v, h0, z, e, 1.0)
-                target_reached = out[0] >= 1.0 - 1e-12
-            t, new = out
-            if new > val + tol * max(abs(val), 1.0):
-                z, val = z + t * e, new
-                if z @ z > 1e16 * s2c:
-                    # rising without bound through changing cells: F_j is unbounded for all purposes
-                    ez = z / math.sqrt(z @ z)
-                    Le = L2 @ ez
-                    if k * (v @ np.where(Le > 0.0, ap * Le, am * Le)) ** 2 >= 1.0 - 1e-6:
-                        self.rays.append(ez)
-                    return None
-                if not target_reached:
-                    # stopped at a kink: pin it if it is a ridge
-                    pre = h0 + L2 @ z
-                    near = ~pinned & (np.abs(pre) <= 1e-9 * max(float(np.abs(pre).max()), 1.0))
-                    ridge = near & (v * (ap - am) * float(v @ (pre * np.where(pre > 0.0, ap, am))) < 0.0)
-                    pinned |= ridge
-                continue
-            # no rise towards the cell's maximiser: z is its maximiser, or a ridge blocks at once
-            pre = h0 + L2 @ z
-            near = ~pinned & (np.abs(pre) <= 1e-9 * max(float(np.abs(pre).max()), 1.0))
-            ridge = near & (v * (ap - am) * p < 0.0)
-            if ridge.any():
-                pinned |= ridge
-                continue
-            if pinned.any():
-                # release the pins one at a time if a step off the ridge (either side) rises
-                released = False
-                for i in np.flatnonzero(pinned):
-                    n = L2[i]
-                    for sgn in (1.0, -1.0):
-                        o = self._line_max(v, h0, z, sgn * n, 1e-3 * max(float(np.linalg.norm(z)), 1.0))
-                        if o is not None and o[1] > val + tol * max(abs(val), 1.0):
-                            z, val = z + o[0] * sgn * n, o[1]
-                            pinned[i] = False
-                            released = True
-                            break
-                    if released:
-                        break
-                if released:
-                    continue
-            break
-        pre = h0 + L2 @ z
-        a = pre * np.where(pre > 0.0, ap, am)
-        return val, a, z, pinned
+        # the kernels' layout: contiguous float64, one row of preactivations per direction
+        self._H0 = np.ascontiguousarray(self.h0.T, dtype=np.float64)
+        self._L2 = np.ascontiguousarray(L2, dtype=np.float64)
 
     # -- all J ----------------------------------------------------------------------------------
     def _starts(self, v):
@@ -215,34 +90,45 @@ class _SourceCondensate:
         key = v.tobytes()
         if self._memo[0] == key and not explore:
             return self._memo[1]
-        r = self.L2.shape[1]
+        J, P = self._H0.shape
+        r = self._L2.shape[1]
         rays = self._starts(v)
+        E = np.asarray(rays, dtype=np.float64).reshape(len(rays), r)
+        # starts per direction: delta = 0, its archive, then `explore` random ones (the ray maxima are
+        # added by the kernel); all directions' random starts in one draw, the stream of one per direction
+        n0 = np.array([1 + len(arch) + explore for arch in self._archive], dtype=np.int64)
+        Z0 = np.zeros((J, int(n0.max()) + len(E), r))
+        state = self._rng.bit_generator.state
+        noise = self._rng.standard_normal((J * explore, r))
+        for j, arch in enumerate(self._archive):
+            scale = max([float(np.linalg.norm(z)) for z in arch] + [math.sqrt(self.s2c)])
+            Z0[j, 1:1 + len(arch)] = np.reshape(arch, (len(arch), r))
+            Z0[j, 1 + len(arch):n0[j]] = scale * noise[j * explore:(j + 1) * explore]
+        S = Z0.shape[1]
+        F, keep = np.empty((J, S)), np.zeros((J, S), dtype=bool)
+        A, Z, pin = np.empty((J, S, P)), np.empty((J, S, r)), np.zeros((J, S, P), dtype=bool)
+        n_start, status, ray = np.zeros(J, dtype=np.int64), np.zeros(J, dtype=np.int64), np.empty((J, r))
+        ap, am = (float(s) for s in self.slopes)
+        ascend_all(np.ascontiguousarray(v, dtype=np.float64), self._H0, self._L2, Z0, n0, E, ap, am,
+                   float(self.s2c), float(self.c2), float(self.k), F, A, Z, pin, keep, n_start, status, ray)
+        bad = np.flatnonzero(status)
         out = []
-        for j in range(self.h0.shape[1]):
-            h0 = self.h0[:, j]
-            starts = [np.zeros(r)] + self._archive[j]
-            scale = max([float(np.linalg.norm(z)) for z in self._archive[j]] + [math.sqrt(self.s2c)])
-            starts += list(scale * self._rng.standard_normal((explore, r)))
-            for e in rays:
-                o = self._line_max(v, h0, np.zeros(r), e, math.inf)
-                if o is None:
-                    self.rays.append(e)
-                    self._memo = (key, None)
-                    return None
-                if o[0] > 0.0:
-                    starts.append(o[0] * e)
-            found = []
-            for z0 in starts:
-                o = self._ascend(v, h0, z0)
-                if o is None:
-                    self._memo = (key, None)
-                    return None
-                # maxima with the same features a (a flat ridge of F_j) are one branch of the potential
-                if all(np.linalg.norm(o[1] - q[1]) > 1e-3 * max(np.linalg.norm(q[1]), 1e-12) for q in found):
-                    found.append(o)
-            found.sort(key=lambda o: -o[0])
-            self._archive[j] = [o[2] for o in found[:_N_KEEP] if np.any(o[2])]
-            out.append(found)
+        for j in range(J if bad.size == 0 else bad[0]):
+            # distinct maxima, best first (a stable sort: equal values stay in the order of their starts)
+            s = np.flatnonzero(keep[j, :n_start[j]])
+            s = s[np.argsort(-F[j, s], kind="stable")]
+            self._archive[j] = [Z[j, i].copy() for i in s[:_N_KEEP] if np.any(Z[j, i])]
+            out.append((F[j, s], A[j, s], Z[j, s], pin[j, s]))
+        if bad.size:
+            # F_j unbounded: the directions after j are not searched, so their random starts were not
+            # drawn (the stream stays that of a search stopped at j)
+            j = bad[0]
+            if status[j] == 1:
+                self.rays.append(ray[j].copy())
+            self._rng.bit_generator.state = state
+            self._rng.standard_normal(((j + 1) * explore, r))
+            self._memo = (key, None)
+            return None
         top = max(f[0][0] for f in out)
         if self.eps is None and top > 0.0:
             # fixed from the first point with a tilt on: a constant temperature keeps value, gradient
@@ -250,15 +136,10 @@ class _SourceCondensate:
             self.eps = _EPS_REL * top
         eps = 1e-300 if self.eps is None else self.eps
         sol = []
-        for found in out:
-            F = np.array([o[0] for o in found])
+        for F, A, Z, pin in out:
             on = F >= F[0] - 40.0 * eps
-            F = F[on]
-            e = np.exp((F - F[0]) / eps)
-            sol.append((e / e.sum(), np.array([o[1] for o, k in zip(found, on) if k]),
-                        np.array([o[2] for o, k in zip(found, on) if k]),
-                        np.array([o[3] for o, k in zip(found, on) if k]),
-                        float(F[0] + eps * math.log(e.sum())), eps))
+            e = np.exp((F[on] - F[0]) / eps)
+            sol.append((e / e.sum(), A[on], Z[on], pin[on], float(F[0] + eps * math.log(e.sum())), eps))
         self._memo = (key, sol)
         return sol
 

@@ -11,11 +11,15 @@
 
 Bitwise reproducibility: a maximiser that sits on pinned kinks has preactivations ``~1e-17`` there,
 whose signs are rounding noise, and the next ascent from it (it is kept as a start) takes its cell
-from those signs. Any change in rounding therefore moves some starts to other local maxima. So every
-product is formed with the BLAS call NumPy uses for it (``dot``/``gemv``/``gemm``, ``syrk`` for a
-Gram matrix ``A A^T``, ``ddot`` for a one-row matrix times a vector), sums elsewhere in NumPy's order,
-and the small systems with LAPACK's ``gelsd`` at NumPy's cut-off: the kernels return the maxima of
-the NumPy implementation (kept in tests/test_source_condensate_kernels.py) bit for bit.
+from those signs. Any change in rounding therefore moves some starts to other local maxima, a few
+solves later. So every product is formed with the BLAS call NumPy uses for it (``dot``/``gemv``/
+``gemm``, ``syrk`` for a Gram matrix ``A A^T``, ``ddot`` for a one-row matrix times a vector), sums
+elsewhere in NumPy's order, and the small systems with LAPACK's ``gelsd`` at NumPy's cut-off. Against
+the NumPy implementation (kept in tests/test_source_condensate_kernels.py) run on contiguous
+preactivations the maxima are the same bit for bit over whole transfers; the NumPy code took them as
+a strided column, whose ``ddot`` (another OpenBLAS build than SciPy's here) differs in the last bit,
+so from the same state its maxima agree to 1e-13, and along a sequence of solves an archived start
+now and then lands on another maximum (issue 15's transfers: one F_j* in 3280 differed, by 40 %).
 """
 
 from __future__ import annotations

@@ -42,9 +42,11 @@ class _SourceCondensate:
     """
 
     def __init__(self, W, rho, slopes, X2, L2, V2, m, s2c, c2):
-        self.h0 = m * (X2 @ W.T) / math.sqrt(X2.shape[1])   # (P2, J) preactivations of m u_j
+        # (J, P2) preactivations of m u_j, one contiguous row per direction (the kernels' layout)
+        self._H0 = np.ascontiguousarray((m * (X2 @ W.T) / math.sqrt(X2.shape[1])).T, dtype=np.float64)
         self.W, self.rho, self.slopes = W, rho, slopes
-        self.L2, self.V2, self.m, self.s2c, self.c2 = L2, V2, m, s2c, c2
+        self.L2 = np.ascontiguousarray(L2, dtype=np.float64)
+        self.V2, self.m, self.s2c, self.c2 = V2, m, s2c, c2
         self.k = 2.0 * c2 * s2c
         self.rays = []       # unbounded directions found (span coordinates), read by _ESSDraw.tau
         self.dirs = None     # the sampler's pool of critical directions (set by _ESSDraw.tau)
@@ -53,9 +55,11 @@ class _SourceCondensate:
         self._archive = [[] for _ in range(W.shape[0])]
         self._rng = np.random.default_rng(12345)   # exploration starts: a fixed stream, reproducible
         self._memo = (None, None)
-        # the kernels' layout: contiguous float64, one row of preactivations per direction
-        self._H0 = np.ascontiguousarray(self.h0.T, dtype=np.float64)
-        self._L2 = np.ascontiguousarray(L2, dtype=np.float64)
+
+    @property
+    def h0(self):
+        """``(P2, J)`` preactivations of ``m u_j`` on the target inputs."""
+        return self._H0.T
 
     # -- all J ----------------------------------------------------------------------------------
     def _starts(self, v):
@@ -91,7 +95,7 @@ class _SourceCondensate:
         if self._memo[0] == key and not explore:
             return self._memo[1]
         J, P = self._H0.shape
-        r = self._L2.shape[1]
+        r = self.L2.shape[1]
         rays = self._starts(v)
         E = np.asarray(rays, dtype=np.float64).reshape(len(rays), r)
         # starts per direction: delta = 0, its archive, then `explore` random ones (the ray maxima are
@@ -109,7 +113,7 @@ class _SourceCondensate:
         A, Z, pin = np.empty((J, S, P)), np.empty((J, S, r)), np.zeros((J, S, P), dtype=bool)
         n_start, status, ray = np.zeros(J, dtype=np.int64), np.zeros(J, dtype=np.int64), np.empty((J, r))
         ap, am = (float(s) for s in self.slopes)
-        ascend_all(np.ascontiguousarray(v, dtype=np.float64), self._H0, self._L2, Z0, n0, E, ap, am,
+        ascend_all(np.ascontiguousarray(v, dtype=np.float64), self._H0, self.L2, Z0, n0, E, ap, am,
                    float(self.s2c), float(self.c2), float(self.k), F, A, Z, pin, keep, n_start, status, ray)
         bad = np.flatnonzero(status)
         out = []
@@ -175,7 +179,7 @@ class _SourceCondensate:
         for j, (pi, Aj, Zj, pj, _, eps) in enumerate(sol):
             G = np.empty((len(pi), P))
             for b, (a, z, pin) in enumerate(zip(Aj, Zj, pj)):
-                pre = self.h0[:, j] + L2 @ z
+                pre = self._H0[j] + L2 @ z
                 d = np.where(pin, 0.0, np.where(pre > 0.0, ap, am))
                 p = float(v @ a)
                 G[b] = p * a

@@ -6,7 +6,7 @@ from .base import TransferEstimator
 from .activations import (Activation, GaussianEquivalence, available_activations, get_activation, leaky_relu,
                           register_activation)
 from .errors import (ConvergenceError, ConvergenceWarning, DivergenceError, EdgeOfNormalisabilityError,
-                     MalformedRowWarning, NoSaddlePointError, ResultsDatabaseError, StepTooLargeError,
+                     MalformedRowWarning, NoSaddlePointError, ResultsDatabaseError, StepSizeWarning, StepTooLargeError,
                      SymtransferError)
 from .datasets import TransferData, digits_transfer, load_task, load_transfer_data
 from .experiments import TransferTable, compare_transfer, kernel_alignment
@@ -48,6 +48,7 @@ __all__ = [
     "NoSaddlePointError",
     "ResultsDatabaseError",
     "MalformedRowWarning",
+    "StepSizeWarning",
     "StepTooLargeError",
     "SymtransferError",
     "WideNetwork",

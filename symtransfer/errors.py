@@ -126,3 +126,34 @@ class StepTooLargeError(DivergenceError):
             self, f"lr={self.lr:g} exceeds the stability bound 2/(lambda + theta_max) = {self.bound:.3g} of the "
                   f"initial network (theta_max: largest eigenvalue of the readout tangent kernel): the run would "
                   f"oscillate and diverge or collapse; try a smaller lr (e.g. lr={self.bound / 4:.3g}){hint}")
+
+
+class StepSizeWarning(UserWarning):
+    """A given step size ``lr`` of a Langevin run (``temperature > 0``) has
+    ``lr (lambda + delta + Theta_max) > 2`` on the current network: Euler-Maruyama is then unstable
+    along the top eigenvector of the tangent kernel ``Theta``, held only by the nonlinearity, and the
+    run samples a wrong stationary law, silently.
+
+    ``Theta_max`` grows during a run that feature-learns strongly (a condensate of runaway neurons),
+    so a step that passed the initial check (:class:`StepTooLargeError`) can cross this limit later.
+    With ``lr=None`` :class:`~symtransfer.sim.WideNetwork` keeps ``lr (lambda + delta + Theta_max)
+    <= 1/2`` itself; with a given ``lr`` it warns once (docs/adaptive.md, section 7).
+
+    Attributes
+    ----------
+    step : int
+        The step at which the limit was found exceeded.
+    lr : float
+        The step size given.
+    bound : float
+        ``2 / (lambda + delta + theta_max)``, ``theta_max`` a lower estimate of the largest eigenvalue
+        of the tangent kernel on the training inputs.
+    """
+
+    def __init__(self, step: int, lr: float, bound: float):
+        self.step, self.lr, self.bound = int(step), float(lr), float(bound)
+        super().__init__(
+            f"lr={self.lr:g} exceeds the Euler-Maruyama stability limit 2/(lambda + delta + theta_max) = "
+            f"{self.bound:.3g} of the network at step {self.step} (theta_max: largest eigenvalue of the tangent "
+            f"kernel, grown during the run): the run samples a wrong stationary law; use lr=None (the step then "
+            f"follows the network) or lr <= {self.bound / 4:.3g}")

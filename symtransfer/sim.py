@@ -14,9 +14,12 @@ Reproducibility: the Gaussian increments come from a counter-based generator key
 from __future__ import annotations
 
 import math
+import os
 import signal
+import sys
 import threading
 import time
+import warnings
 
 import numba as nb
 import numpy as np
@@ -26,7 +29,7 @@ from ._rng import GOLDEN, mix64
 from ._validation import check_inputs, check_int, check_real, check_Xy
 from .activations import get_activation
 from .base import TransferEstimator, target_seed
-from .errors import DivergenceError, StepTooLargeError
+from .errors import DivergenceError, StepSizeWarning, StepTooLargeError
 
 __all__ = ["WideNetwork"]
 
@@ -60,6 +63,62 @@ _EVAL_FEATURE_BYTES = 128 * 2**20
 # Inputs are meant to be of order one (the kernel x.x'/D, eq. 1.1); far beyond, the tangent kernel
 # and the automatic step over- or underflow.
 _INPUT_RMS_LIMIT = 1e8
+# Langevin runs with the automatic step keep lr (lambda + delta + Theta_max) at most this (the value the
+# initial step has with tr Theta for Theta_max), Theta_max the largest eigenvalue of the current tangent
+# kernel: runaway neurons at strong gamma make it grow ~90-fold during a run, and once lr (lambda +
+# Theta_max) passes 2 the chain is unstable along the top eigenvector, held only by the nonlinearity,
+# and samples a wrong law. Measured (relu, gamma 8, P 20, N 1000, docs/adaptive.md section 7): the
+# initial step ends at 2.3 with the time-averaged predictor 0.19 from the theory; at 1.5, 0.57, 0.28
+# the gaps are 0.0228, 0.0230, 0.0229, and with this control 0.0228.
+_LANGEVIN_STEP = 0.5
+# When the bound is exceeded the step drops to this fraction of it, so it is not lowered at every log.
+_LANGEVIN_STEP_DROP = 0.8
+# A given step warns beyond the stability limit of the top eigenvector.
+_LANGEVIN_STEP_WARN = 2.0
+# Fewest steps between two such checks.
+_STEP_CHECK_MIN = 256
+# Neurons per block of the tangent-kernel products (bounds the temporaries to ~8 MB per array).
+_NTK_BLOCK_BYTES = 8 * 2**20
+
+
+def _caller_level():
+    """``stacklevel`` of the first frame outside this package (fit, transfer and resume reach the step
+    control at different depths)."""
+    frame, level = sys._getframe(1), 1
+    pkg = os.path.dirname(os.path.abspath(__file__))
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(pkg):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _tangent_top(X, W, a, act, u, n_iter=4):
+    """Rayleigh-quotient estimate of the largest eigenvalue of the tangent kernel on ``X``,
+    ``Theta = Phi + (G^T G / N) o K`` with ``G_i = a_i phi'(h_i)`` (the Gauss-Newton part of the
+    Hessian of ``gamma^2 N L``, eq. 1.4), by power iteration from ``u`` (warm start; ``None``: the
+    all-ones vector). Returns ``(theta, u)``. Cost ``~(1 + 2 n_iter) N P D``, no ``P x P`` matrix.
+    """
+    N, D = W.shape
+    P = X.shape[0]
+    Xs = X / math.sqrt(D)
+    blk = max(1, _NTK_BLOCK_BYTES // (8 * max(P, D)))
+    blocks = []
+    for lo in range(0, N, blk):
+        H = W[lo:lo + blk] @ Xs.T
+        blocks.append((act(H), a[lo:lo + blk, None] * act.prime(H)))
+    u = np.ones(P) / math.sqrt(P) if u is None else u
+    theta = 0.0
+    for _ in range(n_iter):
+        out = np.zeros(P)
+        for F, G in blocks:
+            out += F.T @ (F @ u)
+            out += np.einsum("ip,ip->p", G, ((G * u) @ Xs) @ Xs.T)
+        out /= N
+        theta = float(u @ out)
+        nrm = float(np.linalg.norm(out))
+        if not (nrm > 0.0 and math.isfinite(nrm)):
+            break
+        u = out / nrm
+    return theta, u
 
 
 @nb.njit(inline="always")
@@ -362,9 +421,15 @@ class WideNetwork(TransferEstimator):
         ``T``; ``0`` (default) is (stochastic) gradient descent.
     lr : float, > 0, optional
         Euler-Maruyama step ``dt``. ``None`` picks ``0.5/(lambda + delta + tr NTK_init)``, stable
-        for the initial network (``tr NTK`` bounds its largest eigenvalue).
+        for the initial network (``tr NTK`` bounds its largest eigenvalue); in Langevin runs
+        (``temperature > 0``) it then follows the network: whenever
+        ``lr (lambda + delta + Theta_max) > 1/2`` (``Theta_max`` the largest eigenvalue of the current
+        tangent kernel, checked at log events) it drops to 0.8 of that bound: runaway neurons at strong
+        ``gamma`` make ``Theta_max`` grow many-fold, and beyond 2 Euler-Maruyama is unstable along the
+        top eigenvector and samples a wrong law (docs/adaptive.md, section 7). A given ``lr`` is kept,
+        with a :class:`~symtransfer.errors.StepSizeWarning` once ``lr (lambda + delta + Theta_max) > 2``.
     steps : int, >= 1
-        Number of steps; training time is ``lr * steps``.
+        Number of steps; training time is ``lr * steps`` at a constant step (``history_["time"]``).
     batch_size : int, optional
         Mini-batch size ``B`` (the loss sum is rescaled by ``P/B``); ``None`` is full batch.
     init_scale : float, > 0
@@ -394,10 +459,11 @@ class WideNetwork(TransferEstimator):
         computed on first access (``O(N P (D + P))`` time, ``P^2`` memory: large-``P`` runs that never
         read it do not pay for it).
     history_ : dict of ndarray
-        ``"time"`` (``step * lr``), ``"train_loss"``, ``"test_loss"`` (empty without ``eval_set``) and
-        ``"step"``; losses are mean squared errors over the full sets.
+        ``"time"`` (the sum of the steps taken), ``"lr"`` (the step size of the steps since the previous
+        entry), ``"train_loss"``, ``"test_loss"`` (empty without ``eval_set``) and ``"step"``; losses are
+        mean squared errors over the full sets.
     lr_ : float
-        Step size used.
+        Step size at the end of the run (constant unless the automatic step followed the network).
     n_features_in_ : int
     n_iter_ : int
         Steps completed.
@@ -655,32 +721,40 @@ class WideNetwork(TransferEstimator):
             def eval_mse():
                 return self._mse(Xe, ye, W, a, gamma, act)
 
-        hist = {"step": [0], "time": [0.0], "train_loss": [train_mse()],
+        hist = {"step": [0], "time": [0.0], "lr": [lr], "train_loss": [train_mse()],
                 "test_loss": [] if eval_set is None else [eval_mse()]}
         if readout_only:
-            def advance(idx, done):
+            def advance(idx, done, lr):
                 return _run_readout(F_all, y, a, idx, done, lr, gamma, lam, T, scale, noise_seed, partial, r)
         else:
-            def advance(idx, done):
+            def advance(idx, done, lr):
                 return _run_full(X, y, W, a, Wref_arr, idx, done, lr, gamma, lam, delta, T, scale,
                                  noise_seed, act.phi, act.dphi, H, F, rows, partial, r, Xb)
 
-        def log_now(step):
+        def log_now(step, t, lr):
             loss = train_mse()
             if not math.isfinite(loss):
                 raise DivergenceError(step, lr)
             hist["step"].append(step)
-            hist["time"].append(step * lr)
+            hist["time"].append(t)
+            hist["lr"].append(lr)
             hist["train_loss"].append(loss)
             if eval_set is not None:
                 hist["test_loss"].append(eval_mse())
+
+        # Langevin runs check the step against the current tangent kernel (_LANGEVIN_STEP) at log events
+        # at least _STEP_CHECK_MIN steps apart (a check costs about six training steps)
+        step_control = None
+        if T > 0.0 and not readout_only:
+            step_control = {"adapt": p["lr"] is None, "u": None, "last": 0, "warned": False,
+                            "shift": lam + delta, "every": max(log_every, _STEP_CHECK_MIN)}
 
         self.W_, self.a_ = W, a
         self.snapshots_ = []
         self.n_iter_ = 0
         self._pending = dict(X=X, events=events, snap_set=snap_set, log_every=log_every, steps=steps, hist=hist,
                              advance=advance, log_now=log_now, batches=batches, work=N * B * (1 if readout_only else D),
-                             progress=p["progress"])
+                             progress=p["progress"], clock=(0.0, 0), step_control=step_control)
         return self._continue()
 
     def _continue(self):
@@ -703,14 +777,17 @@ class WideNetwork(TransferEstimator):
                 done = self.n_iter_
                 if ev <= done:
                     continue
-                bad = run["advance"](run["batches"].take(ev - done), done)
+                bad = run["advance"](run["batches"].take(ev - done), done, lr)
                 if bad >= 0:
                     raise DivergenceError(done + bad, lr)
                 self.n_iter_ = ev
                 if ev in run["snap_set"]:
                     self.snapshots_.append((W.copy(), a.copy()))
                 if ev % run["log_every"] == 0 or ev == steps:
-                    run["log_now"](ev)
+                    t0, s0 = run["clock"]
+                    run["log_now"](ev, t0 + (ev - s0) * lr, lr)
+                    if run["step_control"] is not None and ev < steps:
+                        lr = self._control_step(run, ev, lr)
                 if bar is None and run["progress"] is not False:
                     elapsed = time.perf_counter() - t_start
                     if run["progress"] or elapsed * (steps - done0) / max(ev - done0, 1) > 5.0:
@@ -738,6 +815,29 @@ class WideNetwork(TransferEstimator):
             )
         self._pending = None
         return self
+
+    def _control_step(self, run, step, lr):
+        """The step for the run's next chunks: lowered when ``lr (lambda + delta + Theta_max)`` exceeds
+        ``_LANGEVIN_STEP`` (automatic step), or a :class:`StepSizeWarning` once beyond
+        ``_LANGEVIN_STEP_WARN`` (given step)."""
+        ctl = run["step_control"]
+        if step - ctl["last"] < ctl["every"]:
+            return lr
+        ctl["last"] = step
+        theta, ctl["u"] = _tangent_top(run["X"], self.W_, self.a_, self.activation_, ctl["u"])
+        if not ctl["adapt"]:
+            bound = _LANGEVIN_STEP_WARN / (ctl["shift"] + theta)
+            if lr > bound and not ctl["warned"]:
+                ctl["warned"] = True
+                warnings.warn(StepSizeWarning(step, lr, bound), stacklevel=_caller_level())
+            return lr
+        bound = _LANGEVIN_STEP / (ctl["shift"] + theta)
+        if lr <= bound:
+            return lr
+        t0, s0 = run["clock"]
+        run["clock"] = (t0 + (step - s0) * lr, step)
+        self.lr_ = lr = _LANGEVIN_STEP_DROP * bound
+        return lr
 
     def resume(self):
         """Finish a run interrupted by Ctrl-C (``KeyboardInterrupt``); returns ``self``.

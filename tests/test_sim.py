@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.exceptions import NotFittedError
 
-from symtransfer import Activation, DivergenceError
+from symtransfer import Activation, DivergenceError, StepSizeWarning
 from symtransfer._reference import langevin_step_numpy
 from symtransfer.sim import WideNetwork
 from symtransfer.tasks import make_task, make_transfer_pair
@@ -267,3 +267,80 @@ def test_interrupt_and_resume_reproduce_uninterrupted_run(monkeypatch):
     assert np.allclose(net.predict(task.X_test), full.predict(task.X_test), rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="nothing to resume"):
         net.resume()
+
+
+def _strong_gamma_task():
+    X = np.random.default_rng(0).standard_normal((20, 10))
+    return X, np.sign(X[:, 0])
+
+
+def _tangent_kernel_top(net, X):
+    """Largest eigenvalue of the exact tangent kernel Phi + (G^T G / N) o K on X (eq. 1.4), dense."""
+    N, D = net.W_.shape
+    H = net.W_ @ X.T / math.sqrt(D)
+    F, G = np.maximum(H, 0.0), net.a_[:, None] * (H > 0.0)
+    theta = F.T @ F / N + (G.T @ G / N) * (X @ X.T / D)
+    return float(np.linalg.eigvalsh(theta)[-1])
+
+
+def test_langevin_step_follows_the_tangent_kernel():
+    """At strong gamma runaway neurons make the tangent kernel grow many-fold during a Langevin run;
+    with lr=None the step is lowered to keep lr (lambda + Theta_max) <= 1/2 (docs/adaptive.md,
+    section 7), history_["lr"] records it and history_["time"] integrates it."""
+    X, y = _strong_gamma_task()
+    net = WideNetwork(200, gamma=8.0, weight_decay=1.0, temperature=1.0, steps=3000, seed=1,
+                      progress=False).fit(X, y)
+    h = net.history_
+    assert np.all(np.diff(h["lr"]) <= 0.0) and h["lr"][-1] == net.lr_
+    assert net.lr_ < h["lr"][0] / 3                      # the kernel grew: the step had to follow
+    # the bound holds on the network where the step was last checked, to the power iteration's accuracy
+    assert net.lr_ * (1.0 + _tangent_kernel_top(net, X)) <= 0.5 * 1.2
+    np.testing.assert_allclose(np.diff(h["time"]), np.diff(h["step"]) * h["lr"][1:], rtol=1e-12)
+    # a given step is left alone, with a warning naming the bound
+    with pytest.warns(StepSizeWarning, match="lr=None") as rec:
+        fixed = WideNetwork(200, gamma=8.0, weight_decay=1.0, temperature=1.0, steps=3000, seed=1,
+                            lr=float(h["lr"][0]), progress=False).fit(X, y)
+    assert len(rec) == 1 and rec[0].message.bound < fixed.lr_ == h["lr"][0]
+    assert np.all(fixed.history_["lr"] == fixed.lr_)
+
+
+def test_step_control_keeps_gradient_descent_and_readout_runs_unchanged():
+    """The control is for sampling: at T = 0 (the gradient-flow comparisons) and for frozen features
+    (a constant tangent kernel) the automatic step stays the initial one."""
+    X, y = _strong_gamma_task()
+    gd = WideNetwork(200, gamma=8.0, steps=1500, seed=1, progress=False).fit(X, y)
+    assert np.all(gd.history_["lr"] == gd.lr_)
+    np.testing.assert_allclose(gd.history_["time"], gd.history_["step"] * gd.lr_, rtol=1e-12)
+    ro = gd.transfer(X, y, readout_only=True, temperature=1.0, steps=500)
+    assert np.all(ro.history_["lr"] == ro.lr_)
+
+
+def test_resume_reproduces_a_run_whose_step_followed_the_network(monkeypatch):
+    """The step control's state (current step, clock, warm start) survives Ctrl-C: resume() ends
+    bit for bit where an uninterrupted run ends."""
+    import signal
+
+    import symtransfer.sim as sim_mod
+
+    X, y = _strong_gamma_task()
+    kw = dict(gamma=8.0, temperature=1.0, steps=1500, log_every=100, average_from=0.5, seed=4, progress=False)
+    full = WideNetwork(100, **kw).fit(X, y)
+    assert len(np.unique(full.history_["lr"])) > 1
+    calls = {"n": 0}
+    original = sim_mod._run_full
+
+    def interrupting(*args):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            signal.raise_signal(signal.SIGINT)
+        return original(*args)
+
+    net = WideNetwork(100, **kw)
+    monkeypatch.setattr(sim_mod, "_run_full", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        net.fit(X, y)
+    monkeypatch.setattr(sim_mod, "_run_full", original)
+    net.resume()
+    assert np.array_equal(net.W_, full.W_) and np.array_equal(net.a_, full.a_)
+    for k in ("time", "lr", "train_loss"):
+        assert np.array_equal(net.history_[k], full.history_[k])

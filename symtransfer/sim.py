@@ -821,10 +821,14 @@ class WideNetwork(TransferEstimator):
         ``_LANGEVIN_STEP`` (automatic step), or a :class:`StepSizeWarning` once beyond
         ``_LANGEVIN_STEP_WARN`` (given step)."""
         ctl = run["step_control"]
-        if step - ctl["last"] < ctl["every"]:
+        if step - ctl["last"] < ctl["every"] or ctl["warned"]:   # a given step warns once: no more checks
             return lr
         ctl["last"] = step
         theta, ctl["u"] = _tangent_top(run["X"], self.W_, self.a_, self.activation_, ctl["u"])
+        if not (ctl["shift"] + theta > 0.0 and math.isfinite(theta)):
+            # a vanishing kernel without weight decay bounds nothing; a non-finite one is a divergence,
+            # which the next chunk's check reports with its step
+            return lr
         if not ctl["adapt"]:
             bound = _LANGEVIN_STEP_WARN / (ctl["shift"] + theta)
             if lr > bound and not ctl["warned"]:

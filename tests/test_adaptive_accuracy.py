@@ -79,24 +79,34 @@ def test_transfer_mc_tol_chooses_the_target_sample_size():
     np.testing.assert_allclose(np.sqrt(np.mean(sd**2)), tight.mc_std_, rtol=1e-12)
 
 
+def _edge_task(gamma):
+    """gamma 2: a condensate of 2-7 directions (eq. (A.6)); gamma 8: issue 15's sign task, 10-14."""
+    if gamma == 2.0:
+        rng = np.random.default_rng(0)
+        beta = rng.standard_normal(10)
+        X = rng.standard_normal((20, 10))
+        return X, np.sign(X @ beta), rng.standard_normal((25, 10))
+    X = np.random.default_rng(0).standard_normal((20, 10))
+    return X, np.sign(X[:, 0]), np.random.default_rng(5).standard_normal((25, 10))
+
+
 @pytest.mark.slow
-def test_reported_std_covers_the_seed_to_seed_scatter_at_the_edge():
-    """As above, at the edge (relu, gamma = 2, +-1 labels: a condensate of 2-7 directions, eq. (A.6)):
-    8 solver seeds, 25 held-out inputs (~40 s after compilation). The delta method at a fixed active
-    set alone gives an rms z of 1.45 here (scatter 0.0376 against a reported 0.0278; 2.1 on the digits
-    benchmark at gamma = 1), because the active set and the condensate directions move with the
-    samples; the error bar now scales it by the nonlinear response of half-sample re-solves
-    (factors 1.06-1.30 here, rms z 1.24). For 7 degrees of freedom the 95 % range of one input's rms
-    z is [0.52, 1.45] and 25 inputs narrow it: the upper bound 1.4 (which the fixed-active-set error
-    bar fails) leaves room for the scatter of a right one, and 0.6 rejects one inflated by ~1.6."""
-    rng = np.random.default_rng(0)
-    beta = rng.standard_normal(10)
-    X = rng.standard_normal((20, 10))
-    Xt = rng.standard_normal((25, 10))
-    y = np.sign(X @ beta)
+@pytest.mark.parametrize("gamma", [2.0, 8.0])
+def test_reported_std_covers_the_seed_to_seed_scatter_at_the_edge(gamma):
+    """As above, at the edge (relu, +-1 labels): 8 solver seeds at defaults, 25 held-out inputs
+    (~50 s each after compilation). The delta method at a fixed active set alone gives an rms z of
+    1.45 at gamma 2 and 3.25 at gamma 8 (scatter 0.046 against a reported 0.022; 2.1 on the digits
+    benchmark at gamma 1), because which condensate directions a solve finds depends on its whole
+    sampling path. The error bar is now calibrated against three independent re-solves (factors
+    1.1-1.6 at gamma 2, 1.8-3.4 at gamma 8; measured rms z 1.06 and 1.21; re-solves on halves of the
+    final samples, the previous calibration, gave 1.24 and 3.2). For 7 degrees of freedom the 95 %
+    range of one input's rms z is [0.52, 1.45] and 25 inputs narrow it: the upper bound 1.4 (which the
+    uncalibrated error bar fails) leaves room for the scatter of a right one, and 0.6 rejects one
+    inflated by ~1.6."""
+    X, y, Xt = _edge_task(gamma)
     fs, sds = [], []
     for seed in range(8):
-        m = AdaptiveKernel("relu", gamma=2.0, n_samples=8192, seed=seed).fit(X, y)
+        m = AdaptiveKernel("relu", gamma=gamma, seed=seed).fit(X, y)
         assert m.condensate_weights_.size >= 1
         f, sd = m.predict(Xt, return_std=True)
         fs.append(f)
@@ -104,4 +114,4 @@ def test_reported_std_covers_the_seed_to_seed_scatter_at_the_edge():
     fs, sds = np.array(fs), np.array(sds)
     rms = _rms_z(fs, sds)
     assert 0.6 <= rms <= 1.4, rms
-    assert np.all(np.sqrt(np.mean(sds**2, axis=1)) < 0.06)
+    assert np.all(np.sqrt(np.mean(sds**2, axis=1)) < 0.1)

@@ -51,7 +51,7 @@ from ...errors import ConvergenceError, ConvergenceWarning, EdgeOfNormalisabilit
 from ._draws import _Diverged, _ESSDraw, _asymptotic_slopes
 from ._interior import _solve
 from ._linalg import _one_blas_thread
-from ._predict import _AdaptiveBase
+from ._predict import _EDGE_REPLICATES, _AdaptiveBase
 from ._representation import _Rep, _cmean, _kinks, _row_basis
 from ._source_condensate import _SourceCondensate
 
@@ -370,6 +370,19 @@ class AdaptiveKernel(_AdaptiveBase, TransferEstimator):
         self.residual_ = hist[-1]
         return self
 
+    def _edge_replicates(self):
+        """``v_`` of ``_EDGE_REPLICATES`` independent solves of this edge problem: the same
+        hyper-parameters and sample size, fresh solver seeds, no ``mc_tol``; failed ones left out."""
+        n = self.n_samples_
+        params = {**self.get_params(), "mc_tol": None, "n_samples": n, "max_samples": max(self.max_samples, n)}
+        vs = []
+        for s in np.random.SeedSequence([int(self.seed), 29]).generate_state(_EDGE_REPLICATES):
+            try:
+                vs.append(type(self)(**{**params, "seed": int(s)}).fit(self.X_, self.y_).v_)
+            except ConvergenceError:
+                pass
+        return vs
+
     def _source_rep(self, X2, n_samples, seed):
         """Samples of the source measure with the known subspace covering ``X1 u X2``."""
         if self._rep is not None:
@@ -490,6 +503,7 @@ class AdaptiveTransfer(_AdaptiveBase, TransferEstimator):
         self._rep = None
         self._cond, self._kkt, self.condensate_weights_ = None, None, np.zeros(0)
         self._cond_src = None
+        self.__dict__.pop("_edge_replicates", None)
         P2 = X2.shape[0]
         if math.isinf(delta):
             self.m_, self.s2c_ = 1.0, 0.0
@@ -514,6 +528,7 @@ class AdaptiveTransfer(_AdaptiveBase, TransferEstimator):
                 if hasattr(scratch, k):
                     setattr(self, k, getattr(scratch, k))
             self._exact = scratch._exact
+            self._edge_replicates = scratch._edge_replicates   # its error bar is the one-task problem's
             return self
         rep1 = src._source_rep(X2, n_samples, seed)
         if math.isinf(delta):

@@ -71,8 +71,7 @@ def _newton_edge(draw, y, lam, c, tol, max_iter, v, ss, history, taus, n_draws):
     ``(Phi + lam) v - y = -sum_j mu_j sigma_j a_j`` with ``mu_j >= 0``: the constraint forces act like
     a kernel ``sum_j rho_j a_j a_j^T``, ``rho_j = mu_j / b``, carried by a vanishing fraction of
     neurons whose weights run off along ``e_j`` (the condensate). Returns :func:`_newton`'s tuple with
-    ``(E, rho, pool)`` (``pool``: the directions of the normalisability ascent at the end, which the
-    error bar's re-solves start from).
+    ``(E, rho)``.
     """
     b = math.sqrt(_TAU_CONDENSE / (2.0 * c * draw.s2))
     it0 = len(history)
@@ -123,7 +122,7 @@ def _newton_edge(draw, y, lam, c, tol, max_iter, v, ss, history, taus, n_draws):
             on = mu > 0.0
             rho = mu[on] / np.maximum(A[on] @ v, 1e-300)
             return (v, ss, w, _all_kernel(draw, ss, v, w), H, history, it, n_draws,
-                    (Ecrit[on], rho, draw.pool.copy()))
+                    (Ecrit[on], rho))
         if res < tol:
             ss, v, n_fail = redraw(v, n_fail)
             n_draws += 1

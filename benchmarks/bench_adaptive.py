@@ -29,11 +29,12 @@ depend on the machine's speed, only on its load).
 
 ReLU at P = 200 solves inside the normalisable domain up to gamma ~ 0.5; at gamma = 1 the solution
 lies on its edge and carries a condensate (docs/adaptive.md, section 2). Measured on an idle 2-core
-machine on 2026-12-02 (docs/adaptive.md, section 7): gamma = 0.3: theory 1.79 s (MC error 0.0074, seed
-scatter 0.0093); as accurate as the theory: N = 1000 x 20000 steps, 54.5 s, ratio 30.4x (target >= 100x);
-gamma = 1: theory 10.7 s, reported error 0.012 (before the edge factor of docs/adaptive.md section 7;
-now ~0.0175) but seed scatter 0.023, reached by N = 250 x 2500 steps
-(1.9 s): ratio 0.2x; ESS draw Numba vs NumPy 126x.
+machine on 2026-12-02 (docs/adaptive.md, section 7), networks with the step control of
+``WideNetwork``: gamma = 0.3: theory 1.30 s (MC error 0.0074, seed scatter 0.0093); as accurate as the
+theory: N = 4000 x 5000 steps, 33.0 s, ratio 25.3x (target >= 100x); gamma = 1: theory 37.2 s
+including the three independent re-solves that calibrate the error bar at the edge (reported 0.019-0.023
+against a seed scatter of 0.023; 0.011-0.013 before the calibration), reached by N = 250 x 5000 steps
+(4.0 s): ratio 0.1x; ESS draw Numba vs NumPy 301-339x.
 """
 
 from __future__ import annotations
@@ -196,7 +197,7 @@ def run(args, gamma):
             t_sim = time.perf_counter() - t0
             loose, ok = gap <= 2 * rms_sd, gap <= math.sqrt(2) * rms_sd
             mark = "  <- as accurate as the theory" if ok else ("  <- within 2 MC errors" if loose else "")
-            print(f"simulation N={N}, {steps} steps ({steps * net.lr_:.0f} time units): {t_sim:.2f} s, "
+            print(f"simulation N={N}, {steps} steps ({net.history_['time'][-1]:.0f} time units): {t_sim:.2f} s, "
                   f"RMS gap to theory {gap:.3g}{mark}", flush=True)
             if loose and (chosen_loose is None or t_sim < chosen_loose[2]):
                 chosen_loose = (N, steps, t_sim)

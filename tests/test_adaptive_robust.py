@@ -166,3 +166,17 @@ def test_contract_transfer_defaults_and_readout_only(small):
         src.transfer(X, y2, coupling=1.0, readout_only=True)
     with pytest.raises(ValueError, match="unknown options"):
         src.transfer(X, y2, coupling=1.0, n_sample=10)
+
+
+def test_silu_at_gamma8_names_the_finite_distance_modes():
+    """silu is not piecewise linear: ``phi - phi_inf`` adds a term linear in ``t`` to the log-density
+    along near-critical rays, so the measure near the edge has modes at a finite distance (width-250 to
+    4000 silu networks keep their largest ``|w|^2/D`` at 63-151, relu's grow to ~1000;
+    docs/adaptive.md section 7) that the sampler does not resolve. Until it does, the failure says so,
+    as the documented error with its residual history."""
+    from symtransfer.errors import EdgeOfNormalisabilityError
+
+    X, y = _sign_task()
+    with pytest.raises(EdgeOfNormalisabilityError, match="finite distance") as info:
+        AdaptiveKernel("silu", gamma=8.0, seed=0).fit(X, y)
+    assert len(info.value.residuals) > 0

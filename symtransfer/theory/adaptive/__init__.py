@@ -112,6 +112,21 @@ def _solve_to_mc_tol(model, solve, n_samples, granule, mc_tol, max_samples):
             f"{max_samples}); raise max_samples or loosen mc_tol"), stacklevel=3)
 
 
+def _finite_modes_noted(exc, act):
+    """``exc`` with the likely cause named when the constrained solve failed for a linearly growing
+    activation that is not piecewise linear (silu, gelu, softplus): there ``phi - phi_inf`` adds a
+    term linear in ``t`` to the log-density along near-critical rays, so the measure near the edge can
+    have modes at a finite distance that the chains do not resolve (docs/adaptive.md section 7)."""
+    if not isinstance(exc, EdgeOfNormalisabilityError) or act.linear_pieces is not None:
+        return exc
+    new = EdgeOfNormalisabilityError(
+        f"{exc.args[0] if exc.args else exc}. Note: {act.name} is not piecewise linear, and near the edge "
+        f"its single-site measure can carry modes at a finite distance (docs/adaptive.md section 7) that "
+        f"this sampler does not resolve; a smaller gamma, or relu, avoids them")
+    new.taus, new.residuals = exc.taus, exc.residuals
+    return new
+
+
 def _rediagnosed(exc, X, s2):
     """``exc`` with the data scale named when it is the likely cause: preactivation variances
     ``s^2 |x|^2/D`` far above 1 make the tilt exp(c (v.phi)^2) so sharp that no sample size resolves
@@ -354,7 +369,7 @@ class AdaptiveKernel(_AdaptiveBase, TransferEstimator):
             v, ss, w, Phi, H, hist, n_iter, n_draws, cond = _solve(draw, y, lam, c, tol, max_iter,
                                                                    condense=self.edge == "condensate")
         except ConvergenceError as exc:
-            raise _rediagnosed(exc, X, self.s2_) from None
+            raise _finite_modes_noted(_rediagnosed(exc, X, self.s2_), act) from None
         batch = np.repeat(np.arange(n_chains), draw.n_keep)   # the solver may have grown the set
         if ss.cv is not None:
             mu, C = ss.q

@@ -221,8 +221,9 @@ class AdaptiveKernel(_AdaptiveBase, TransferEstimator):
     seed : int
         Seeds every random number (results are reproducible and thread-count independent).
     mc_tol : float, optional
-        Wanted Monte Carlo standard error of the predictions (root mean square over the training inputs,
-        as reported by ``predict(X, return_std=True)``, docs/adaptive.md eq. (A.4)). The solve is repeated
+        Wanted Monte Carlo standard error of the predictions (``mc_std_``: root mean square over the
+        training inputs or over held-out-like probe inputs, whichever is larger, as reported by
+        ``predict(X, return_std=True)``, docs/adaptive.md eq. (A.4)). The solve is repeated
         with the sample size scaled by ``(achieved / mc_tol)^2`` (the error falls like
         ``n_samples^-1/2``) until it is met or ``max_samples`` is reached (at most 4 solves; a
         :class:`~symtransfer.errors.ConvergenceWarning` says when it was not met). ``None``: one solve
@@ -243,8 +244,9 @@ class AdaptiveKernel(_AdaptiveBase, TransferEstimator):
     mc_error_ : float
         ``||Phi_stderr_||_F / ||Phi_||_F``.
     mc_std_ : float
-        Achieved Monte Carlo standard error of the predictions on the training inputs (rms of
-        ``predict(X_train, return_std=True)[1]``); ``0`` for exact solutions.
+        Achieved Monte Carlo standard error of the predictions: the larger of the rms of
+        ``predict(X, return_std=True)[1]`` on the training inputs and on 32 held-out-like probe inputs
+        (the training inputs' mean and covariance); ``0`` for exact solutions.
     n_samples_ : int
         Samples of the final solve (the solver may add samples to recover from noise, and ``mc_tol``
         chooses the size); ``n_samples_total_`` counts the samples of every solve made.

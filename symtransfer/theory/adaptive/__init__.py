@@ -116,13 +116,14 @@ def _finite_modes_noted(exc, act):
     """``exc`` with the likely cause named when the constrained solve failed for a linearly growing
     activation that is not piecewise linear (silu, gelu, softplus): there ``phi - phi_inf`` adds a
     term linear in ``t`` to the log-density along near-critical rays, so the measure near the edge can
-    have modes at a finite distance that the chains do not resolve (docs/adaptive.md section 7)."""
+    have modes at a finite distance (silu) that the chains do not resolve (docs/adaptive.md section 7)."""
     if not isinstance(exc, EdgeOfNormalisabilityError) or act.linear_pieces is not None:
         return exc
     new = EdgeOfNormalisabilityError(
-        f"{exc.args[0] if exc.args else exc}. Note: {act.name} is not piecewise linear, and near the edge "
-        f"its single-site measure can carry modes at a finite distance (docs/adaptive.md section 7) that "
-        f"this sampler does not resolve; a smaller gamma, or relu, avoids them")
+        f"{exc.args[0] if exc.args else exc}. Note: {act.name} is not piecewise linear: near the edge "
+        f"phi - phi_inf reshapes the single-site measure at a finite distance (for silu into modes that "
+        f"this sampler does not resolve, docs/adaptive.md section 7), which the condensate (mass at "
+        f"infinity) does not describe; a smaller gamma, or relu, avoids this")
     new.taus, new.residuals = exc.taus, exc.residuals
     return new
 

@@ -69,8 +69,8 @@ class _AdaptiveBase:
         return_std : bool
             Also return the Monte Carlo standard error of each prediction (delta method through the
             fixed point, docs/adaptive.md, eq. (A.4)); zeros for the exact and lazy solutions. At the
-            edge (a condensate, eq. (A.6)) of a one-task fit it is scaled by the nonlinear response of
-            independent re-solves (``_EDGE_REPLICATES`` more fits, made once per fit on first use).
+            edge (a condensate, eq. (A.6)) of a one-task fit it is calibrated against independent
+            re-solves (``_EDGE_REPLICATES`` more fits, made once per fit on first use).
         """
         X = self._check_X(X)
         if self._exact is not None:
@@ -94,11 +94,11 @@ class _AdaptiveBase:
         inputs, relu gamma 8, docs/adaptive.md section 7)."""
         if "_mc_std" not in self.__dict__:
             self._check_fitted()
-            self._mc_std = self._train_std()
+            self._mc_std = self._mc_std_value()
         return self._mc_std
 
     @_one_blas_thread
-    def _train_std(self):
+    def _mc_std_value(self):
         if self._rep is None:
             return 0.0
         # on the training inputs the cross kernel is Phi_ and the conditional features are the samples'

@@ -78,8 +78,11 @@ def test_relu_gamma8_edge_solution_agrees_with_langevin_networks(gamma8_seed1):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("gamma, seed", [(8.0, 0), (8.0, 2), (16.0, 0), (16.0, 1), (16.0, 2)])
+@pytest.mark.parametrize("gamma, seed", [(8.0, 0), (8.0, 2), (16.0, 0), (16.0, 1), (16.0, 2), (16.0, 5), (16.0, 6)])
 def test_relu_strong_feature_learning_solves_at_defaults(gamma, seed):
+    """gamma 16 seeds 5 and 6 failed ("no descent even on samples drawn at the current point"): a fresh
+    draw's chains had found cuts that put v itself outside the level, so every retracted trial point
+    lost against the unretracted v; the edge solver now retracts v first."""
     _check_edge_solution(gamma, seed)
 
 

@@ -129,6 +129,11 @@ def _newton_edge(draw, y, lam, c, tol, max_iter, v, ss, history, taus, n_draws):
             continue
         t, vt, kisht = _backtrack(ss, c, v, d, float(g @ d), energy(v, lnZ), energy, retract, 1e-10)
         if t < 1e-10:
+            if np.array_equal(v, ss.v0) and draw.tau(v) > _TAU_CONDENSE * (1.0 + 1e-9):
+                # the fresh draw's chains found cuts that put v itself outside the level: every trial
+                # point is retracted and none can beat the unretracted v, so retract v first
+                v = retract(v)
+                continue
             if np.array_equal(v, ss.v0):
                 raise EdgeOfNormalisabilityError(
                     "the constrained Newton step at the edge of the normalisable region found no descent "

@@ -105,7 +105,7 @@ def test_reported_std_covers_the_seed_to_seed_scatter_at_the_edge(gamma):
     1.45 at gamma 2 and 3.25 at gamma 8 (scatter 0.046 against a reported 0.022; 2.1 on the digits
     benchmark at gamma 1), because which condensate directions a solve finds depends on its whole
     sampling path. The error bar is now calibrated against three independent re-solves (factors
-    1.1-1.6 at gamma 2, 1.8-3.4 at gamma 8; measured rms z 1.06 and 1.21; re-solves on halves of the
+    1.1-1.6 at gamma 2, 1.7-3.6 at gamma 8; measured rms z 1.06 and 1.23; re-solves on halves of the
     final samples, the previous calibration, gave 1.24 and 3.2). For 7 degrees of freedom the 95 %
     range of one input's rms z is [0.52, 1.45] and 25 inputs narrow it: the upper bound 1.4 (which the
     uncalibrated error bar fails) leaves room for the scatter of a right one, and 0.6 rejects one

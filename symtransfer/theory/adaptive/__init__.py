@@ -112,32 +112,10 @@ def _solve_to_mc_tol(model, solve, n_samples, granule, mc_tol, max_samples):
             f"{max_samples}); raise max_samples or loosen mc_tol"), stacklevel=3)
 
 
-def _finite_modes_noted(exc, act):
-    """``exc`` with the likely cause named when the constrained solve failed for a linearly growing
-    activation that is not piecewise linear (silu, gelu, softplus): there ``phi - phi_inf`` adds a
-    term linear in ``t`` to the log-density along near-critical rays, so the measure near the edge can
-    have modes at a finite distance (silu) that the chains do not resolve (docs/adaptive.md section 7)."""
-    if not isinstance(exc, EdgeOfNormalisabilityError) or act.linear_pieces is not None:
-        return exc
-    new = EdgeOfNormalisabilityError(
-        f"{exc.args[0] if exc.args else exc}. Note: {act.name} is not piecewise linear: near the edge "
-        f"phi - phi_inf reshapes the single-site measure at a finite distance (for silu into modes that "
-        f"this sampler does not resolve, docs/adaptive.md section 7), which the condensate (mass at "
-        f"infinity) does not describe; a smaller gamma, or relu, avoids this")
-    new.taus, new.residuals = exc.taus, exc.residuals
-    return new
-
-
-def _rediagnosed(exc, X, s2):
-    """``exc`` with the data scale named when it is the likely cause: preactivation variances
-    ``s^2 |x|^2/D`` far above 1 make the tilt exp(c (v.phi)^2) so sharp that no sample size resolves
-    it, which "increase n_samples" would misdiagnose."""
-    var = s2 * float(np.max(np.sum(X * X, axis=1))) / X.shape[1]
-    if not var > _LARGE_VARIANCE:
-        return exc
-    msg = (f"{exc.args[0] if exc.args else exc}. Note: the prior preactivation variance "
-           f"s^2 |x|^2/D = {var:.3g} is far above 1 (X has rms {math.sqrt(var / s2):.3g} per feature): the data "
-           "scale, not n_samples, is the likely cause; standardise X (unit variance per feature)")
+def _noted(exc, note):
+    """A copy of the convergence error ``exc`` (same public class, histories kept) with ``note``
+    appended to its message; other errors unchanged."""
+    msg = f"{exc.args[0] if exc.args else exc}. Note: {note}"
     if isinstance(exc, EdgeOfNormalisabilityError):
         new = EdgeOfNormalisabilityError(msg)
         new.taus = exc.taus
@@ -147,6 +125,31 @@ def _rediagnosed(exc, X, s2):
         return exc
     new.residuals = exc.residuals
     return new
+
+
+def _finite_modes_noted(exc, act):
+    """``exc`` with the likely cause named when the constrained solve failed for a linearly growing
+    activation that is not piecewise linear (silu, gelu, softplus): there ``phi - phi_inf`` adds a
+    term linear in ``t`` to the log-density along near-critical rays, so the measure near the edge can
+    have modes at a finite distance (silu) that the chains do not resolve (docs/adaptive.md section 7)."""
+    if not isinstance(exc, EdgeOfNormalisabilityError) or act.linear_pieces is not None:
+        return exc
+    return _noted(exc, f"{act.name} is not piecewise linear: near the edge phi - phi_inf reshapes the "
+                       f"single-site measure at a finite distance (for silu into modes that this sampler does "
+                       f"not resolve, docs/adaptive.md section 7), which the condensate (mass at infinity) "
+                       f"does not describe; a smaller gamma, or relu, avoids this")
+
+
+def _rediagnosed(exc, X, s2):
+    """``exc`` with the data scale named when it is the likely cause: preactivation variances
+    ``s^2 |x|^2/D`` far above 1 make the tilt exp(c (v.phi)^2) so sharp that no sample size resolves
+    it, which "increase n_samples" would misdiagnose."""
+    var = s2 * float(np.max(np.sum(X * X, axis=1))) / X.shape[1]
+    if not var > _LARGE_VARIANCE:
+        return exc
+    return _noted(exc, f"the prior preactivation variance s^2 |x|^2/D = {var:.3g} is far above 1 (X has rms "
+                       f"{math.sqrt(var / s2):.3g} per feature): the data scale, not n_samples, is the likely "
+                       "cause; standardise X (unit variance per feature)")
 
 
 _MAX_VARIANCE = 1e100
@@ -482,6 +485,11 @@ class AdaptiveTransfer(_AdaptiveBase, TransferEstimator):
         """The source's activation (the target network has the same neurons)."""
         return self.source.activation
 
+    def _edge_replicates(self):
+        """At ``coupling = 0`` the target problem is the one-task problem: its re-solves."""
+        scratch = getattr(self, "_scratch", None)
+        return None if scratch is None else scratch._edge_replicates()
+
     def fit(self, X2, y2, eval_set=None):
         """Solve the quenched target saddle point (eqs. (3.1)-(3.3)); returns ``self``.
 
@@ -521,7 +529,7 @@ class AdaptiveTransfer(_AdaptiveBase, TransferEstimator):
         self._rep = None
         self._cond, self._kkt, self.condensate_weights_ = None, None, np.zeros(0)
         self._cond_src = None
-        self.__dict__.pop("_edge_replicates", None)
+        self._scratch = None
         P2 = X2.shape[0]
         if math.isinf(delta):
             self.m_, self.s2c_ = 1.0, 0.0
@@ -546,7 +554,7 @@ class AdaptiveTransfer(_AdaptiveBase, TransferEstimator):
                 if hasattr(scratch, k):
                     setattr(self, k, getattr(scratch, k))
             self._exact = scratch._exact
-            self._edge_replicates = scratch._edge_replicates   # its error bar is the one-task problem's
+            self._scratch = scratch   # its error bar is calibrated as the one-task problem's
             return self
         rep1 = src._source_rep(X2, n_samples, seed)
         if math.isinf(delta):

@@ -103,11 +103,12 @@ class _AdaptiveBase:
             return 0.0
         # on the training inputs the cross kernel is Phi_ and the conditional features are the samples'
         # own (they lie in the span): no quadrature, no weighted sum over the sample set
-        train = float(np.sqrt(np.mean(self._predict_std(self._psi.copy(), self.Phi_, self.X_) ** 2)))
+        e0 = self._predict_std(self._psi.copy(), self.Phi_, self.X_, calibrated=False)
         Xp = self._probe_inputs()
         k, F = self._cross(Xp)
-        probe = float(np.sqrt(np.mean(self._predict_std(F, k, Xp) ** 2)))
-        return max(train, probe)
+        probe = self._predict_std(F, k, Xp, calibrated=False)
+        fac = 1.0 if self._kkt is None else self._edge_factor(e0)
+        return fac * max(float(np.sqrt(np.mean(e0**2))), float(np.sqrt(np.mean(probe**2))))
 
     def _probe_inputs(self):
         """``_N_PROBE`` inputs ``mean + sum_mu z_mu (x_mu - mean) / sqrt(P - 1)``, ``z ~ N(0, 1)``: the
@@ -122,22 +123,21 @@ class _AdaptiveBase:
         # every batch's own estimate at once: rows of Wb are the batches' weights
         rep = self._rep
         Wb = _batch_weight_matrix(rep.w, rep.u, rep.batch, B)
-        dev = self._linear_dev(F, k, X, Wb, centred=False)
+        dev = self._linear_dev(F, k, X, Wb)
         sd = np.sqrt(np.sum(dev**2, axis=0) / (B * (B - 1)))
         if self._kkt is not None and calibrated:
             sd = sd * self._edge_factor()
         return sd
 
-    def _linear_dev(self, F, k, X, Wrows, centred):
+    def _linear_dev(self, F, k, X, Wrows):
         """Deviations of the predictions at ``X`` (delta method through the fixed point, eq. (A.4)) for
-        the sample weights of the rows of ``Wrows``: a batch's own weights (``centred=False``) or the
-        change of the weights (``centred=True``). ``F`` is overwritten."""
+        the batches' own sample weights, the rows of ``Wrows``. ``F`` is overwritten."""
         rep, psi, v, c = self._rep, self._psi, self.v_, self._c
         w, weff, s = rep.w, rep.weff, psi @ v
         G = self._n_groups
         Fs = np.multiply(F, s[:, None], out=F)   # F is not needed again: no second copy of its size
-        kv = 0.0 if centred else weff @ Fs              # k(x).v without the constant E_q part
-        Phiv = 0.0 if centred else psi.T @ (weff * s)
+        kv = weff @ Fs              # k(x).v without the constant E_q part
+        Phiv = psi.T @ (weff * s)
         # derivative of f(x; v) = k(x; v).v with respect to v, eq. (A.4)
         J = k.copy()
         if c > 0.0:
@@ -158,7 +158,7 @@ class _AdaptiveBase:
         dmu = -(U @ A.T) @ Sinv.T
         return dkv - (U + dmu @ HA.T) @ J.T + dmu @ Fc.T
 
-    def _edge_factor(self):
+    def _edge_factor(self, e0=None):
         """Calibration factor (>= 1) of the error bar of an edge solution (a condensate, eq. (A.6)).
 
         The delta method (A.4) at the edge holds the active set and the condensate directions fixed, and
@@ -177,7 +177,8 @@ class _AdaptiveBase:
         vs = self._edge_replicates()
         if vs:
             lam = float(self._check_hyper()["weight_decay"])
-            e0 = self._predict_std(self._psi.copy(), self.Phi_, self.X_, calibrated=False)
+            if e0 is None:   # the delta method's error on the training inputs
+                e0 = self._predict_std(self._psi.copy(), self.Phi_, self.X_, calibrated=False)
             spread = sum(float(np.sum((lam * (vk - self.v_)) ** 2)) for vk in vs)
             den = 2.0 * len(vs) * float(np.sum(e0 ** 2))
             if den > 0.0 and math.isfinite(spread):
